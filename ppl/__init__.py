@@ -1,0 +1,51 @@
+"""ppl — programmable variational inference on JAX.
+
+Models and families are programs with addressed random choices (``ppl.gen``); objectives are programs that ``sim``
+families and take the ``density`` of models (``ppl.expectation``); gradient strategies are chosen per random choice;
+ADEV compiles an objective into one plain JAX function that estimates its value and gradient without bias.
+"""
+
+from .core.interpreter import PPLError
+from .core.primitives import add_cost, factor, sample, scope
+from .gradients import (
+    Strategy,
+    StrategyError,
+    baseline,
+    enum,
+    implicit_reparam,
+    leave_one_out,
+    mvd,
+    reinforce,
+    reparam,
+)
+from .transforms.adev import Expectation, expectation
+from .transforms.strategy_rewrite import with_strategies
+from .transforms.tracing import GenFn, Trace, density, gen, seed, sim
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PPLError",
+    "StrategyError",
+    "sample",
+    "factor",
+    "add_cost",
+    "scope",
+    "gen",
+    "GenFn",
+    "Trace",
+    "seed",
+    "sim",
+    "density",
+    "expectation",
+    "Expectation",
+    "with_strategies",
+    "Strategy",
+    "reparam",
+    "implicit_reparam",
+    "reinforce",
+    "baseline",
+    "enum",
+    "mvd",
+    "leave_one_out",
+]

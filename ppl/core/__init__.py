@@ -1,0 +1,1 @@
+"""Primitives, the generic interpreter, and staging."""

@@ -1,0 +1,278 @@
+"""The closed set of primitives that carry probabilistic meaning: ``sample_p``, ``factor_p``, ``cost_p``.
+
+``ppl.sample(addr, d, strategy)`` binds ``sample_p``. Its operands are the leaves of the distribution ``d`` (NumPyro
+distributions are pytrees) followed by the leaves of the strategy (a baseline may be a traced value); its static
+parameters are the address, a :class:`DistSpec` (the distribution's pytree structure, hashable and printable) and a
+:class:`StrategySpec`. Nothing is sampled when the primitive is bound: a transformation (``seed``, ``simulate``,
+ADEV, ...) interprets the staged jaxpr and gives the site its meaning.
+
+>>> import jax, numpyro.distributions as dist, ppl
+>>> print(jax.make_jaxpr(lambda m: ppl.sample("x", dist.Normal(m, 1.0)))(0.0))  # doctest: +ELLIPSIS
+{ lambda ; a:f32[]. let b:f32[] = sample[addr=x dist=Normal strategy=default] a 1.0... in (b,) }
+
+Sharp edges:
+    * A site under ``jax.vmap`` stays one site: its ``DistSpec`` records the batch levels, its choice gets the batch
+      axis in front, and each lane gets its own key.
+    * Scopes (``ppl.scope``) are applied when the program is staged: the address in the jaxpr is the full path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as nd
+
+from .._jax_internals import NOT_MAPPED, new_primitive
+from ..gradients.base import Strategy
+from . import distributions as _dists
+
+# ---------------------------------------------------------------------------------------------- static params
+
+
+@dataclass(frozen=True)
+class DistSpec:
+    """Static description of a site's distribution: its pytree structure and the ``vmap`` levels around it.
+
+    ``batch`` lists ``(axis_size, in_axes)`` per ``vmap`` level, innermost first; ``in_axes`` covers all operands
+    (distribution leaves, then strategy leaves).
+    """
+
+    treedef: Any
+    num_leaves: int
+    batch: tuple[tuple[int, tuple[int | None, ...]], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return _dist_name(self.treedef)
+
+    def unflatten(self, leaves: Sequence[Any]) -> nd.Distribution:
+        return jax.tree_util.tree_unflatten(self.treedef, list(leaves))
+
+    def __repr__(self) -> str:
+        sizes = "".join(f"[vmap {n}]" for n, _ in reversed(self.batch))
+        return self.name + sizes
+
+
+def _dist_name(treedef: Any) -> str:
+    s = str(treedef)
+    start = s.find("CustomNode(")
+    if start < 0:
+        return s
+    s = s[start + len("CustomNode(") :]
+    return s[: min(i for i in (s.find("["), s.find("("), len(s)) if i >= 0)]
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """Static part of a site's strategy (``None``: the default, chosen by the distribution)."""
+
+    treedef: Any
+
+    def unflatten(self, leaves: Sequence[Any]) -> Strategy | None:
+        return jax.tree_util.tree_unflatten(self.treedef, list(leaves))
+
+    @property
+    def multi_call(self) -> bool:
+        """Does the strategy need the continuation (enum, mvd, leave_one_out)?"""
+        return bool(getattr(self.unflatten([_Leaf()] * self.treedef.num_leaves), "multi_call", False))
+
+    def __repr__(self) -> str:
+        if self.treedef.num_leaves == 0 and self.treedef.num_nodes == 1 and str(self.treedef) == "PyTreeDef(None)":
+            return "default"
+        return repr(self.unflatten([_Leaf()] * self.treedef.num_leaves))
+
+
+class _Leaf:
+    def __repr__(self) -> str:
+        return "*"
+
+
+# ---------------------------------------------------------------------------------------------- sites
+
+
+@dataclass(frozen=True)
+class Site:
+    """A ``sample_p`` equation's operands and params, as the interpretations see it."""
+
+    addr: str
+    spec: DistSpec
+    strategy_spec: StrategySpec
+    dist_leaves: tuple[Any, ...]
+    strategy_leaves: tuple[Any, ...]
+
+    @staticmethod
+    def of(invals: Sequence[Any], addr: str, dist: DistSpec, strategy: StrategySpec) -> Site:
+        return Site(addr, dist, strategy, tuple(invals[: dist.num_leaves]), tuple(invals[dist.num_leaves :]))
+
+    @property
+    def batched(self) -> bool:
+        return bool(self.spec.batch)
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return tuple(n for n, _ in reversed(self.spec.batch))
+
+    def lanewise(self, fn: Callable[..., Any], key: Any, *lane_args: Any) -> Any:
+        """``fn(dist, strategy, key, *lane_args)`` for every ``vmap`` lane of the site (keys split per lane).
+
+        ``lane_args`` carry the batch axes in front (as the site's value does); outputs do too.
+        """
+
+        def base(dleaves, sleaves, k, *a):
+            return fn(self.spec.unflatten(dleaves), self.strategy_spec.unflatten(sleaves), k, *a)
+
+        g = base
+        for size, axes in self.spec.batch:
+            g = _lift(g, size, axes, self.spec.num_leaves, key is not None, len(lane_args))
+        return g(list(self.dist_leaves), list(self.strategy_leaves), key, *lane_args)
+
+    def log_prob(self, x: Any) -> Any:
+        """Total log density of value ``x`` (summed over event, batch and ``vmap`` axes)."""
+        return jnp.sum(self.lanewise(lambda d, s, k, v: jnp.sum(_dists.log_prob(d, v)), None, x))
+
+    def dist(self) -> nd.Distribution:
+        """The distribution of an un-vmapped site."""
+        assert not self.batched
+        return self.spec.unflatten(self.dist_leaves)
+
+    def strategy(self) -> Strategy | None:
+        assert not self.batched
+        return self.strategy_spec.unflatten(self.strategy_leaves)
+
+
+def _lift(g, size, axes, nd_leaves, has_key, n_lane):
+    daxes, saxes = list(axes[:nd_leaves]), list(axes[nd_leaves:])
+
+    def lifted(dleaves, sleaves, key, *lane_args):
+        keys = jax.random.split(key, size) if has_key else None
+        in_axes = (daxes, saxes, 0 if has_key else None, *([0] * n_lane))
+        return jax.vmap(g, in_axes=in_axes, axis_size=size)(dleaves, sleaves, keys, *lane_args)
+
+    return lifted
+
+
+# ---------------------------------------------------------------------------------------------- primitives
+
+
+def _outside(name: str) -> Callable[..., Any]:
+    def impl(*args, **params):
+        what = f"ppl.sample({params['addr']!r}, ...)" if "addr" in params else f"ppl.{name}(...)"
+        raise RuntimeError(
+            f"{what} was called outside seed/simulate/assess/generate/an expectation: random choices only have a "
+            "meaning inside a ppl transformation. Wrap the function with ppl.gen / ppl.seed / ppl.expectation."
+        )
+
+    return impl
+
+
+@functools.lru_cache(maxsize=4096)
+def _sample_aval(spec: DistSpec, strategy: StrategySpec, avals: tuple[Any, ...]) -> Any:
+    site = Site.of([jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals], "", spec, strategy)
+    out = jax.eval_shape(
+        lambda dl, sl: Site(site.addr, spec, strategy, tuple(dl), tuple(sl)).lanewise(
+            lambda d, s, k: d.sample(k), jax.random.key(0)
+        ),
+        list(site.dist_leaves),
+        list(site.strategy_leaves),
+    )
+    return jax.core.ShapedArray(out.shape, out.dtype)
+
+
+def _sample_abstract_eval(*avals, addr, dist, strategy):
+    return _sample_aval(dist, strategy, tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in avals))
+
+
+def _sample_batch(prim):
+    def rule(args, dims, *, addr, dist, strategy):
+        size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not NOT_MAPPED)
+        spec = DistSpec(dist.treedef, dist.num_leaves, dist.batch + ((size, tuple(dims)),))
+        return prim.bind(*args, addr=addr, dist=spec, strategy=strategy), 0
+
+    return rule
+
+
+def _weight_batch(prim):
+    def rule(args, dims):
+        (x,), (d,) = args, dims
+        return prim.bind(jnp.sum(x, axis=d)), []
+
+    return rule
+
+
+sample_p = new_primitive("sample", _sample_abstract_eval, _sample_batch, _outside("sample"), multiple_results=False)
+factor_p = new_primitive("factor", lambda w: [], _weight_batch, _outside("factor"))
+cost_p = new_primitive("cost", lambda c: [], _weight_batch, _outside("add_cost"))
+
+PPL_PRIMITIVES = frozenset({sample_p, factor_p, cost_p})
+
+# ---------------------------------------------------------------------------------------------- user functions
+
+_scopes = threading.local()
+
+
+def _prefix() -> str:
+    stack = getattr(_scopes, "stack", ())
+    return "".join(s + "/" for s in stack)
+
+
+@contextlib.contextmanager
+def scope(name: str) -> Iterator[None]:
+    """Prefix the addresses of the sites sampled inside the block with ``name/``.
+
+    >>> import numpyro.distributions as dist, ppl, jax
+    >>> @ppl.gen
+    ... def m():
+    ...     with ppl.scope("enc"):
+    ...         return ppl.sample("z", dist.Normal(0.0, 1.0))
+    >>> list(m.simulate(jax.random.key(0)).choices)
+    ['enc/z']
+    """
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"ppl.scope name must be a non-empty string without '/', got {name!r}")
+    _scopes.stack = (*getattr(_scopes, "stack", ()), name)
+    try:
+        yield
+    finally:
+        _scopes.stack = _scopes.stack[:-1]
+
+
+def sample(addr: str, d: Any, strategy: Strategy | None = None) -> jax.Array:
+    """A random choice at address ``addr`` from distribution ``d`` (NumPyro, or TFP's JAX substrate).
+
+    ``strategy`` says how ADEV estimates the derivative through this choice (``None``: reparam where ``d`` has a
+    reparameterized sampler, reinforce otherwise).
+
+    >>> import jax, numpyro.distributions as dist, ppl
+    >>> float(ppl.seed(lambda: ppl.sample("x", dist.Normal(0.0, 1.0)))(jax.random.key(0))) != 0.0
+    True
+    """
+    if not isinstance(addr, str) or not addr:
+        raise TypeError(f"ppl.sample: the address must be a non-empty string, got {addr!r}")
+    d = _dists.as_numpyro(d, addr)
+    if strategy is not None and not isinstance(strategy, Strategy):
+        raise TypeError(
+            f"ppl.sample({addr!r}, ...): strategy={strategy!r} is not a gradient strategy; use one of "
+            "ppl.reparam, ppl.reinforce, ppl.baseline(b), ppl.enum, ppl.mvd, ppl.implicit_reparam, "
+            "ppl.leave_one_out(n)"
+        )
+    dleaves, dtree = jax.tree_util.tree_flatten(d)
+    sleaves, stree = jax.tree_util.tree_flatten(strategy)
+    spec = DistSpec(dtree, len(dleaves))
+    return sample_p.bind(*dleaves, *sleaves, addr=_prefix() + addr, dist=spec, strategy=StrategySpec(stree))
+
+
+def factor(log_weight: Any) -> None:
+    """Add ``log_weight`` (summed if it is an array) to the log density of the enclosing program."""
+    factor_p.bind(jnp.sum(jnp.asarray(log_weight)))
+
+
+def add_cost(c: Any) -> None:
+    """Inside an expectation, add ``c`` (summed if it is an array) to the value whose expectation is taken."""
+    cost_p.bind(jnp.sum(jnp.asarray(c)))

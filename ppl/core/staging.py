@@ -1,0 +1,80 @@
+"""Staging a user function to a jaxpr once per abstract signature.
+
+Arguments are split the way ``equinox.filter_jit`` splits them: array leaves (JAX and NumPy arrays, tracers) are
+dynamic and enter the jaxpr as inputs; every other leaf (Python ints, floats, strings, functions...) is static and
+part of the cache key, so ``model(data_len)`` can use ``data_len`` as a ``lax.scan`` length.
+
+>>> import jax.numpy as jnp
+>>> from ppl.core.staging import Staged
+>>> st = Staged(lambda x, n: x * n)
+>>> jaxpr, out_tree, dyn = st.stage((jnp.ones(3), 2))
+>>> len(dyn), st.stage((jnp.zeros(3), 2))[0] is jaxpr   # cached per (structure, static values, avals)
+(1, True)
+
+Sharp edges:
+    * A Python float argument is static: each distinct value stages (and compiles) anew. Pass ``jnp.asarray(x)``
+      for a value that changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+from .._jax_internals import ClosedJaxpr
+
+
+def is_dynamic(x: Any) -> bool:
+    return isinstance(x, jax.Array | np.ndarray | np.generic)
+
+
+@dataclass(frozen=True)
+class ArgSplit:
+    """A pytree of arguments split into dynamic leaves and a hashable static remainder."""
+
+    treedef: Any
+    static: tuple[Any, ...]  # the static leaves, ``None`` where a dynamic leaf stands
+    dynamic_index: tuple[int, ...]
+
+    @staticmethod
+    def of(args: Any) -> tuple[ArgSplit, list[Any]]:
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        dyn_idx = tuple(i for i, x in enumerate(leaves) if is_dynamic(x))
+        static = tuple(None if i in dyn_idx else x for i, x in enumerate(leaves))
+        return ArgSplit(treedef, static, dyn_idx), [leaves[i] for i in dyn_idx]
+
+    def merge(self, dynamic: list[Any]) -> Any:
+        leaves = list(self.static)
+        for i, x in zip(self.dynamic_index, dynamic, strict=True):
+            leaves[i] = x
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+class Staged:
+    """A function staged to a ``ClosedJaxpr`` per abstract signature (cached)."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+        self._cache: dict[Any, tuple[ClosedJaxpr, Any, ArgSplit]] = {}
+
+    def stage(self, args: tuple[Any, ...]) -> tuple[ClosedJaxpr, Any, list[Any]]:
+        """``(jaxpr, out_tree, dynamic_args)`` for a call ``fn(*args)``."""
+        split, dyn = ArgSplit.of(args)
+        avals = tuple((np.shape(x), jax.dtypes.canonicalize_dtype(x.dtype, allow_extended_dtype=True)) for x in dyn)
+        try:
+            key = (split, avals)
+            hash(key)
+        except TypeError:
+            key = None
+        hit = self._cache.get(key) if key is not None else None
+        if hit is None:
+            structs = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in avals]
+            jaxpr, shapes = jax.make_jaxpr(lambda *d: self.fn(*split.merge(list(d))), return_shape=True)(*structs)
+            hit = (jaxpr, jax.tree_util.tree_structure(shapes), split)
+            if key is not None:
+                self._cache[key] = hit
+        return hit[0], hit[1], dyn

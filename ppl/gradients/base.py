@@ -1,0 +1,65 @@
+"""The strategy contract.
+
+A gradient strategy says how ADEV estimates the derivative of an expectation through one random choice. It is a
+small immutable value (a pytree: a baseline may be a traced array) with
+
+* ``check(d, addr)`` — raise a ``StrategyError`` naming ``addr`` if the strategy cannot apply to distribution ``d``;
+* for strategies that call the continuation once (``calls = "1"``): ``sample(key, d) -> (x, score)`` where ``x`` is
+  the value (carrying its pathwise derivative, if any) and ``score`` a *surrogate* whose value is exactly 0 and whose
+  derivative is the score-function term ``∂θ log p(x; θ)`` (zero for pathwise strategies); and
+  ``cost(score)``, a zero-valued surrogate added to the objective (a baseline's ``-b · ∂ log p``);
+* for strategies that call it more than once (``multi_call = True``): ``jvp_estimate(key, d, k)`` where ``k(x)``
+  is the continuation — a surrogate of the rest of the program.
+
+A *surrogate* is a scalar whose value is the estimate and whose derivative (``jax.jvp`` / ``jax.grad``) is the
+tangent estimate: ADEV's dual number, represented so that JAX's own forward and reverse modes apply to it.
+``weighted(l, s) = l + sg(l)·s`` has value ``l`` and derivative ``l' + l·s'``: the REINFORCE rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+sg = jax.lax.stop_gradient
+
+
+class StrategyError(ValueError):
+    """A strategy that cannot apply at a site (the message names the address)."""
+
+
+def weighted(value: Any, score: Any) -> Any:
+    """Surrogate with the value of ``value`` and derivative ``value' + value · score'`` (``score`` is zero-valued)."""
+    return value + sg(value) * score
+
+
+def zero_valued(x: Any) -> Any:
+    """``x - sg(x)``: value exactly 0, derivative ``x'``."""
+    return x - sg(x)
+
+
+class Strategy:
+    """Base class of gradient strategies (see the module docstring for the contract)."""
+
+    name: ClassVar[str] = "strategy"
+    calls: ClassVar[str] = "1"  # continuation calls, for the docs and compare_estimators
+    multi_call: ClassVar[bool] = False
+
+    def check(self, d: Any, addr: str) -> None:
+        """Raise ``StrategyError`` naming ``addr`` if this strategy cannot estimate through ``d``."""
+
+    def sample(self, key: Any, d: Any) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def cost(self, score: Any) -> Any:
+        return jnp.zeros_like(score)
+
+    def jvp_estimate(self, key: Any, d: Any, k: Any) -> Any:
+        """Surrogate of ``E[k(x)]`` (the one-call form, from ``sample``/``cost``)."""
+        x, score = self.sample(key, d)
+        return weighted(k(x), score) + self.cost(score)
+
+    def __repr__(self) -> str:
+        return self.name

@@ -1,0 +1,1 @@
+"""Program transformations: tracing/density (``tracing``), ADEV (``adev``), strategy rewriting."""

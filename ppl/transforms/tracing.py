@@ -1,0 +1,301 @@
+"""Tracing and density accumulation: ``seed``, ``simulate``, ``assess``, ``generate``, and ``sim``/``density``.
+
+Three interpretations of a staged model, each a rule table over :func:`ppl.core.interpreter.run`:
+
+* :class:`Seed` — each site draws from its distribution with a key derived from the incoming key;
+* :class:`Tracing` — importance: constrained sites read their value and add its log density to the weight, the
+  others draw; every site adds to the score and is recorded. ``simulate`` (no constraints), ``assess`` (all
+  constrained, no key) and ``generate`` are this one interpretation;
+* :class:`Record` — used by ``sim`` inside an expectation: sites stay random choices in the program (ADEV gives them
+  their strategies), while their values and log density become explicit outputs.
+
+>>> import jax, numpyro.distributions as dist, ppl
+>>> @ppl.gen
+... def model():
+...     mu = ppl.sample("mu", dist.Normal(0.0, 1.0))
+...     return ppl.sample("x", dist.Normal(mu, 1.0))
+>>> tr = model.simulate(jax.random.key(0))
+>>> bool(abs(model.assess(tr.choices)[0] - tr.score) < 1e-6)
+True
+
+Sharp edges:
+    * ``assess``/``generate`` check the given choices when the program is staged: an address the program never
+      uses, or a value of the wrong shape, is an error (so is a missing one in ``assess``, including addresses in the
+      branch of a ``cond`` not taken).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ..core.interpreter import (
+    Interpretation,
+    PPLError,
+    RuleTable,
+    State,
+    control_flow_rules,
+    run,
+    site_avals,
+    zero,
+)
+from ..core.primitives import Site, cost_p, factor_p, sample_p
+from ..core.staging import ArgSplit, Staged
+
+# ---------------------------------------------------------------------------------------------- interpretations
+
+
+def _draw(site: Site, key: Any) -> Any:
+    return site.lanewise(lambda d, s, k: d.sample(k), key)
+
+
+def _seed_sample(interp, state, eqn, invals):
+    key, state = state.next_key()
+    return [_draw(Site.of(invals, **eqn.params), key)], state
+
+
+def _ignore(interp, state, eqn, invals):
+    return [], state
+
+
+class Seed(Interpretation):
+    """Every site draws; factors and costs are ignored."""
+
+    name = "seed"
+    rules = RuleTable({sample_p: _seed_sample, factor_p: _ignore, cost_p: _ignore, **control_flow_rules()})
+
+
+def _tracing_sample(interp, state, eqn, invals):
+    site = Site.of(invals, **eqn.params)
+    state = state.visit(site.addr)
+    key, state = state.next_key()
+    if site.addr in interp.constraints:
+        x = jnp.asarray(interp.constraints[site.addr], eqn.outvars[0].aval.dtype)
+        lp = site.log_prob(x)
+        state = state.add("weight", lp)
+    else:
+        x = _draw(site, key)
+        lp = site.log_prob(x)
+    return [x], state.add("score", lp).record(site.addr, x)
+
+
+def _tracing_factor(interp, state, eqn, invals):
+    return [], state.add("score", invals[0]).add("weight", invals[0])
+
+
+@dataclass(frozen=True)
+class Tracing(Interpretation):
+    """Importance: ``constraints`` fixed and weighted, the other sites drawn; all scored and recorded."""
+
+    constraints: Mapping[str, Any]
+    name = "simulate/assess/generate"
+    records = True
+    rules = RuleTable(
+        {sample_p: _tracing_sample, factor_p: _tracing_factor, cost_p: _ignore, **control_flow_rules()}
+    )
+
+    def loop_data(self, addrs):
+        return {a: v for a, v in self.constraints.items() if a in addrs}
+
+    def for_iteration(self, data):
+        return replace(self, constraints=data)
+
+
+def _record_sample(interp, state, eqn, invals):
+    site = Site.of(invals, **eqn.params)
+    state = state.visit(site.addr)
+    x = sample_p.bind(*invals, **eqn.params)
+    return [x], state.add("score", site.log_prob(x)).record(site.addr, x)
+
+
+def _record_factor(interp, state, eqn, invals):
+    return [], state.add("score", invals[0])
+
+
+def _rebind_cost(interp, state, eqn, invals):
+    cost_p.bind(*invals)
+    return [], state
+
+
+class Record(Interpretation):
+    """Sites stay random choices; their values and log density are recorded (``sim``)."""
+
+    name = "sim"
+    records = True
+    rules = RuleTable({sample_p: _record_sample, factor_p: _record_factor, cost_p: _rebind_cost, **control_flow_rules()})
+
+
+# ---------------------------------------------------------------------------------------------- traces
+
+
+@jax.tree_util.register_pytree_node_class
+class Arguments:
+    """The arguments of a call, as a pytree whose leaves are the array arguments only (statics are aux data)."""
+
+    def __init__(self, split: ArgSplit, dynamic: list[Any]):
+        self.split, self.dynamic = split, list(dynamic)
+
+    def tree_flatten(self):
+        return self.dynamic, self.split
+
+    @classmethod
+    def tree_unflatten(cls, split, dynamic):
+        return cls(split, list(dynamic))
+
+    def value(self) -> tuple[Any, ...]:
+        return self.split.merge(self.dynamic)
+
+
+@jax.tree_util.register_pytree_node_class
+class Trace:
+    """The record of one execution: ``choices`` (address -> value), ``score`` (log density incl. factors),
+    ``retval`` and ``args``. A pytree: ``jax.vmap`` of ``simulate`` returns one ``Trace`` with batched leaves."""
+
+    def __init__(self, choices: dict[str, Any], score: Any, retval: Any, args: Arguments):
+        self.choices, self.score, self.retval, self._args = choices, score, retval, args
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return self._args.value()
+
+    def tree_flatten(self):
+        return (self.choices, self.score, self.retval, self._args), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+    def __repr__(self) -> str:
+        shapes = {a: tuple(jnp.shape(v)) for a, v in self.choices.items()}
+        return f"Trace(choices={shapes}, score={self.score})"
+
+
+def _check_constraints(jaxpr: Any, given: Mapping[str, Any], who: str, require_all: bool) -> None:
+    avals = site_avals(jaxpr)
+    unused = sorted(set(given) - set(avals))
+    if unused:
+        raise PPLError(
+            f"{who}: choice(s) {unused} are not used by the program; its addresses are {sorted(avals)}"
+        )
+    if require_all:
+        missing = sorted(set(avals) - set(given))
+        if missing:
+            raise PPLError(f"{who}: missing choice(s) {missing}: the program samples them; pass a value for each")
+    for a, v in given.items():
+        if tuple(jnp.shape(v)) != tuple(avals[a].shape):
+            raise PPLError(
+                f"{who}: choice {a!r} has shape {tuple(jnp.shape(v))} but the program's site expects "
+                f"{tuple(avals[a].shape)} (sites inside lax.scan / vmap record the loop / batch axis in front)"
+            )
+
+
+def _initial(key: Any) -> State:
+    return State(key=key, carry={"score": zero(), "weight": zero()})
+
+
+class GenFn:
+    """A generative function: a program with addressed random choices (``@ppl.gen``).
+
+    Calling it inside another ``@ppl.gen`` function (or an expectation) inlines it.
+    """
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+        self.staged = Staged(fn)
+        self.__name__ = getattr(fn, "__name__", "genfn")
+        self.__doc__ = getattr(fn, "__doc__", None)
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def __repr__(self) -> str:
+        return f"GenFn({self.__name__})"
+
+    def _trace(self, key, constraints, args, who, require_all=False):
+        constraints = dict(constraints)
+        jaxpr, out_tree, dyn = self.staged.stage(args)
+        _check_constraints(jaxpr, constraints, f"{self.__name__}.{who}", require_all)
+        outs, st = run(Tracing(constraints), jaxpr, dyn, _initial(key))
+        retval = jax.tree_util.tree_unflatten(out_tree, outs)
+        split, _ = ArgSplit.of(args)
+        return Trace(st.choices, st.carry["score"], retval, Arguments(split, dyn)), st.carry["weight"]
+
+    def simulate(self, key: Any, *args: Any) -> Trace:
+        """Run the program, drawing every choice: a :class:`Trace`."""
+        return self._trace(key, {}, args, "simulate")[0]
+
+    def generate(self, key: Any, constraints: Mapping[str, Any], *args: Any) -> tuple[Trace, Any]:
+        """Constrained choices fixed, the others drawn from the program: ``(trace, log_weight)`` where the weight
+        is the log density of the constrained choices plus the factors."""
+        return self._trace(key, constraints, args, "generate")
+
+    def assess(self, choices: Mapping[str, Any], *args: Any) -> tuple[Any, Any]:
+        """``(log_density, retval)`` of the given choices (all of them, and only them)."""
+        tr, _ = self._trace(None, choices, args, "assess", require_all=True)
+        return tr.score, tr.retval
+
+
+def gen(fn: Callable[..., Any]) -> GenFn:
+    """Decorate a program with addressed random choices as a generative function."""
+    return fn if isinstance(fn, GenFn) else GenFn(fn)
+
+
+_seed_cache: weakref.WeakKeyDictionary[Any, Staged] = weakref.WeakKeyDictionary()
+
+
+def seed(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``seed(f)(key, *args)`` runs ``f(*args)``, drawing its random choices with keys derived from ``key``.
+
+    >>> import jax, numpyro.distributions as dist, ppl
+    >>> x = ppl.seed(lambda m: ppl.sample("x", dist.Normal(m, 1.0)))(jax.random.key(0), 3.0)
+    >>> x.shape
+    ()
+    """
+    fn = f.fn if isinstance(f, GenFn) else f
+    staged = f.staged if isinstance(f, GenFn) else _seed_cache.setdefault(fn, Staged(fn))
+
+    def seeded(key: Any, *args: Any) -> Any:
+        jaxpr, out_tree, dyn = staged.stage(args)
+        outs, _ = run(Seed(), jaxpr, dyn, State(key=key))
+        return jax.tree_util.tree_unflatten(out_tree, outs)
+
+    return seeded
+
+
+def _as_genfn(q: Any, who: str) -> GenFn:
+    if isinstance(q, GenFn) or hasattr(q, "_sim"):
+        return q
+    if callable(q):
+        return gen(q)
+    raise TypeError(f"ppl.{who}: expected a generative function (@ppl.gen), got {type(q).__name__}")
+
+
+def sim(q: Any, *args: Any) -> tuple[dict[str, Any], Any]:
+    """Inside an expectation: run family ``q`` with its strategies; ``(choices, log q(choices))``.
+
+    The sites of ``q`` stay random choices of the expectation (ADEV estimates through them with their strategies).
+    A family with an estimated density (``ppl.marginal``) returns an unbiased estimate of the reciprocal density.
+    """
+    q = _as_genfn(q, "sim")
+    if hasattr(q, "_sim"):
+        return q._sim(*args)
+    jaxpr, _, dyn = q.staged.stage(args)
+    _, st = run(Record(), jaxpr, dyn, State(carry={"score": zero()}))
+    return st.choices, st.carry["score"]
+
+
+def density(p: Any, choices: Mapping[str, Any], *args: Any) -> Any:
+    """Inside an expectation (or anywhere): ``log p(choices)``, a deterministic differentiable function.
+
+    Choices not sampled by ``p`` are an error, as in ``assess``; for the usual ``{**z, **data}`` pattern pass only
+    the addresses ``p`` samples.
+    """
+    p = _as_genfn(p, "density")
+    if hasattr(p, "_density"):
+        return p._density(choices, *args)
+    return p.assess(choices, *args)[0]
