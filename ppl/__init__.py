@@ -11,6 +11,7 @@ from .gradients import (
     Strategy,
     StrategyError,
     baseline,
+    detach,
     enum,
     implicit_reparam,
     leave_one_out,
@@ -20,7 +21,9 @@ from .gradients import (
 )
 from .transforms.adev import Expectation, expectation
 from .transforms.strategy_rewrite import with_strategies
+from .objectives import SIR, Marginal, dreg_iwae, elbo, iwae, marginal, p_wake, q_wake, renyi, sir, vimco
 from .transforms.tracing import GenFn, Trace, density, gen, seed, sim
+from .transforms.vectorize import vmap
 
 __version__ = "0.1.0"
 
@@ -48,4 +51,17 @@ __all__ = [
     "enum",
     "mvd",
     "leave_one_out",
+    "detach",
+    "vmap",
+    "elbo",
+    "iwae",
+    "renyi",
+    "vimco",
+    "dreg_iwae",
+    "p_wake",
+    "q_wake",
+    "marginal",
+    "sir",
+    "Marginal",
+    "SIR",
 ]

@@ -20,7 +20,9 @@ import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpyro.distributions as nd
+from jax.scipy.special import gammaln
 
 
 class TFPDistribution(nd.Distribution):
@@ -55,9 +57,15 @@ def log_prob(d: nd.Distribution, x: Any) -> Any:
 
     NumPyro's ``BernoulliLogits.log_prob`` goes through ``clip``/``abs``, whose derivative at ``logits == 0`` is off
     by 0.5 under current JAX; we use ``x·l − softplus(l)``, the same log mass function, smooth everywhere.
+    ``BinomialLogits.log_prob`` has the same kink (``n·clip(l, 0) + n·log1p(exp(−|l|))``: off by ``n/2`` at
+    ``logits == 0``); we use ``log C(n, x) + x·l − n·softplus(l)``.
     """
     if isinstance(d, nd.BernoulliLogits):
         return x * d.logits - jax.nn.softplus(d.logits)
+    if isinstance(d, nd.BinomialLogits):
+        n = jnp.asarray(d.total_count, jnp.result_type(float))
+        log_binom = gammaln(n + 1) - gammaln(x + 1) - gammaln(n - x + 1)
+        return log_binom + x * d.logits - n * jax.nn.softplus(d.logits)
     return d.log_prob(x)
 
 

@@ -181,6 +181,11 @@ def _write(env, vs, vals):
         env[v] = x
 
 
+def rebind(interp, state, eqn, invals):
+    """Re-emit the equation unchanged: the rule of a rewriting interpretation for what it leaves alone."""
+    return bind_eqn(eqn, invals), state
+
+
 # ---------------------------------------------------------------------------------------------- static analysis
 
 

@@ -3,6 +3,7 @@
 from .base import Strategy, StrategyError
 from .strategies import (
     MVD,
+    Detach,
     Enum,
     ImplicitReparam,
     LeaveOneOut,
@@ -10,6 +11,7 @@ from .strategies import (
     Reparam,
     baseline,
     default_strategy,
+    detach,
     enum,
     implicit_reparam,
     leave_one_out,
@@ -35,4 +37,6 @@ __all__ = [
     "mvd",
     "leave_one_out",
     "default_strategy",
+    "Detach",
+    "detach",
 ]

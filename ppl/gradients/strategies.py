@@ -84,6 +84,21 @@ class Reparam(_Base):
         return d.rsample(key), 0.0
 
 
+@final
+@_register
+class Detach(_Base):
+    """No derivative through this choice: the value is drawn and its dependence on the parameters is dropped.
+
+    A *biased* strategy on purpose, for objectives whose gradient is defined with the samples held fixed
+    (reweighted wake-sleep's wake phases). Calls: 1.
+    """
+
+    name = "detach"
+
+    def sample(self, key, d):
+        return sg(d.sample(key)), 0.0
+
+
 _IMPLICIT = (nd.Gamma, nd.Beta, nd.Dirichlet, nd.InverseGamma, nd.StudentT)
 
 
@@ -258,6 +273,7 @@ class LeaveOneOut(_Base):
 
 
 reparam = Reparam()
+detach = Detach()
 implicit_reparam = ImplicitReparam()
 reinforce = Reinforce()
 enum = Enum()

@@ -28,13 +28,13 @@ from typing import Any
 
 import jax
 
-from ..core.interpreter import Interpretation, PPLError, RuleTable, State, addresses, control_flow_rules, run
+from ..core.interpreter import Interpretation, PPLError, RuleTable, State, addresses, control_flow_rules, rebind, run
 from ..core.primitives import DistSpec, Site, StrategySpec, cost_p, factor_p, sample_p
 from ..core.staging import Staged
 from ..gradients.base import Strategy
 
 
-def _rebind(interp, state, eqn, invals):
+def _set_strategy(interp, state, eqn, invals):
     site = Site.of(invals, **eqn.params)
     new = interp.choose(site.addr, site.strategy_spec)
     if new is None:
@@ -47,21 +47,13 @@ def _rebind(interp, state, eqn, invals):
     return [x], state
 
 
-def _keep(prim):
-    def rule(interp, state, eqn, invals):
-        prim.bind(*invals)
-        return [], state
-
-    return rule
-
-
 @dataclass(frozen=True)
 class SetStrategies(Interpretation):
     patterns: tuple[tuple[str, Strategy], ...]
     default: Strategy | None
     matched: set[str] = field(default_factory=set)
     name = "with_strategies"
-    rules = RuleTable({sample_p: _rebind, factor_p: _keep(factor_p), cost_p: _keep(cost_p), **control_flow_rules()})
+    rules = RuleTable({sample_p: _set_strategy, factor_p: rebind, cost_p: rebind, **control_flow_rules()})
 
     def choose(self, addr: str, current: StrategySpec) -> Strategy | None:
         for pat, s in self.patterns:

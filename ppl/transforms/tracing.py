@@ -5,9 +5,9 @@ Three interpretations of a staged model, each a rule table over :func:`ppl.core.
 * :class:`Seed` — each site draws from its distribution with a key derived from the incoming key;
 * :class:`Tracing` — importance: constrained sites read their value and add its log density to the weight, the
   others draw; every site adds to the score and is recorded. ``simulate`` (no constraints), ``assess`` (all
-  constrained, no key) and ``generate`` are this one interpretation;
-* :class:`Record` — used by ``sim`` inside an expectation: sites stay random choices in the program (ADEV gives them
-  their strategies), while their values and log density become explicit outputs.
+  constrained, no key) and ``generate`` are this one interpretation, and so is ``sim`` inside an expectation
+  (``draw=False``): there the sites stay random choices of the program (ADEV gives them their strategies) while
+  their values and log density become explicit outputs.
 
 >>> import jax, numpyro.distributions as dist, ppl
 >>> @ppl.gen
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jax
@@ -74,12 +74,18 @@ def _tracing_sample(interp, state, eqn, invals):
     site = Site.of(invals, **eqn.params)
     state = state.visit(site.addr)
     key, state = state.next_key()
+    dtype = eqn.outvars[0].aval.dtype
     if site.addr in interp.constraints:
-        x = jnp.asarray(interp.constraints[site.addr], eqn.outvars[0].aval.dtype)
+        x = jnp.asarray(interp.constraints[site.addr], dtype)
         lp = site.log_prob(x)
         state = state.add("weight", lp)
     else:
-        x = _draw(site, key)
+        if site.addr in interp.fixed:
+            x = jnp.asarray(interp.fixed[site.addr], dtype)
+        elif interp.draw:
+            x = _draw(site, key)
+        else:
+            x = sample_p.bind(*invals, **eqn.params)
         lp = site.log_prob(x)
     return [x], state.add("score", lp).record(site.addr, x)
 
@@ -88,46 +94,35 @@ def _tracing_factor(interp, state, eqn, invals):
     return [], state.add("score", invals[0]).add("weight", invals[0])
 
 
-@dataclass(frozen=True)
-class Tracing(Interpretation):
-    """Importance: ``constraints`` fixed and weighted, the other sites drawn; all scored and recorded."""
-
-    constraints: Mapping[str, Any]
-    name = "simulate/assess/generate"
-    records = True
-    rules = RuleTable(
-        {sample_p: _tracing_sample, factor_p: _tracing_factor, cost_p: _ignore, **control_flow_rules()}
-    )
-
-    def loop_data(self, addrs):
-        return {a: v for a, v in self.constraints.items() if a in addrs}
-
-    def for_iteration(self, data):
-        return replace(self, constraints=data)
-
-
-def _record_sample(interp, state, eqn, invals):
-    site = Site.of(invals, **eqn.params)
-    state = state.visit(site.addr)
-    x = sample_p.bind(*invals, **eqn.params)
-    return [x], state.add("score", site.log_prob(x)).record(site.addr, x)
-
-
-def _record_factor(interp, state, eqn, invals):
-    return [], state.add("score", invals[0])
-
-
-def _rebind_cost(interp, state, eqn, invals):
-    cost_p.bind(*invals)
+def _tracing_cost(interp, state, eqn, invals):
+    if not interp.draw:
+        cost_p.bind(*invals)
     return [], state
 
 
-class Record(Interpretation):
-    """Sites stay random choices; their values and log density are recorded (``sim``)."""
+@dataclass(frozen=True)
+class Tracing(Interpretation):
+    """Importance, with every site scored and recorded.
 
-    name = "sim"
+    ``constraints`` are read and their log density added to the weight; ``fixed`` choices are read but not weighted;
+    the other sites are drawn with the key (``draw=True``: simulate/generate) or stay random choices of the
+    enclosing program (``draw=False``: ``sim`` inside an expectation, where ADEV gives them their strategies).
+    """
+
+    constraints: Mapping[str, Any] = field(default_factory=dict)
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    draw: bool = True
+    name = "simulate/assess/generate"
     records = True
-    rules = RuleTable({sample_p: _record_sample, factor_p: _record_factor, cost_p: _rebind_cost, **control_flow_rules()})
+    rules = RuleTable(
+        {sample_p: _tracing_sample, factor_p: _tracing_factor, cost_p: _tracing_cost, **control_flow_rules()}
+    )
+
+    def loop_data(self, addrs):
+        return tuple({a: v for a, v in m.items() if a in addrs} for m in (self.constraints, self.fixed))
+
+    def for_iteration(self, data):
+        return replace(self, constraints=data[0], fixed=data[1])
 
 
 # ---------------------------------------------------------------------------------------------- traces
@@ -284,9 +279,20 @@ def sim(q: Any, *args: Any) -> tuple[dict[str, Any], Any]:
     q = _as_genfn(q, "sim")
     if hasattr(q, "_sim"):
         return q._sim(*args)
-    jaxpr, _, dyn = q.staged.stage(args)
-    _, st = run(Record(), jaxpr, dyn, State(carry={"score": zero()}))
-    return st.choices, st.carry["score"]
+    return record(q, args)[0:2]
+
+
+def record(
+    q: GenFn, args: tuple[Any, ...], constraints: Mapping[str, Any] | None = None, fixed: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], Any, Any, Any]:
+    """Stage ``q`` into the enclosing program with its unconstrained sites kept as random choices.
+
+    Returns ``(choices, score, weight, retval)``: the building block of ``sim`` and of estimated-density families.
+    """
+    jaxpr, out_tree, dyn = q.staged.stage(args)
+    interp = Tracing(dict(constraints or {}), dict(fixed or {}), draw=False)
+    outs, st = run(interp, jaxpr, dyn, _initial(None))
+    return st.choices, st.carry["score"], st.carry["weight"], jax.tree_util.tree_unflatten(out_tree, outs)
 
 
 def density(p: Any, choices: Mapping[str, Any], *args: Any) -> Any:

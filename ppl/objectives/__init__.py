@@ -1,0 +1,6 @@
+"""The objective library and estimated-density families, written with ``sim`` / ``density``."""
+
+from .library import dreg_iwae, elbo, iwae, p_wake, q_wake, renyi, vimco
+from .marginal import SIR, Marginal, marginal, sir
+
+__all__ = ["elbo", "iwae", "renyi", "vimco", "dreg_iwae", "p_wake", "q_wake", "marginal", "sir", "Marginal", "SIR"]

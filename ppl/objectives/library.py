@@ -1,0 +1,186 @@
+"""The objective library, written with ``sim`` and ``density`` exactly as a user would write their own.
+
+Each constructor returns an :class:`~ppl.Expectation` taking ``(model_args, guide_args)`` (tuples of positional
+arguments; a non-tuple is one argument) and, optionally, ``data`` (overriding the observations given at
+construction, e.g. a minibatch). Each returns the quantity to **maximize**. ``strategies={glob: strategy}`` sets
+gradient strategies by address for every random choice of the objective (the guide's, and the model's if it samples).
+
+>>> import jax, numpyro.distributions as dist, ppl
+>>> model = ppl.gen(lambda: ppl.sample("x", dist.Normal(ppl.sample("z", dist.Normal(0.0, 1.0)), 1.0)))
+>>> guide = ppl.gen(lambda mu: ppl.sample("z", dist.Normal(mu, 0.7071)))
+>>> obj = ppl.elbo(model, guide, {"x": 1.0})
+>>> float(obj.estimate(jax.random.key(0), (), (0.5,))) < 0.0     # log p(x) = -1.5724 at the exact posterior
+True
+
+Sharp edges:
+    * ``p_wake``/``q_wake`` follow reweighted wake-sleep: their gradients are the self-normalized wake-phase
+      updates (consistent, biased for finite ``N``), with the guide's samples held fixed (``detach``); their value
+      is the IWAE estimate of ``log p(x)`` (``p_wake``) or of ``E_p[log q]`` (``q_wake``).
+    * ``vimco`` forces ``reinforce`` on the guide's sites (its control variates assume score-function terms);
+      ``dreg_iwae`` needs reparameterizable guide sites.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import logsumexp
+
+from ..gradients.base import Strategy, sg, zero_valued
+from ..gradients.strategies import detach, reinforce
+from ..transforms.adev import Expectation, expectation
+from ..transforms.strategy_rewrite import with_strategies
+from ..transforms.tracing import density, sim
+from ..transforms.vectorize import vmap
+
+
+def _tuple(a: Any) -> tuple[Any, ...]:
+    return a if isinstance(a, tuple) else (a,)
+
+
+def _declare(obj: Expectation, strategies: Mapping[str, Strategy] | None) -> Expectation:
+    return with_strategies(obj, strategies) if strategies else obj
+
+
+def _log_weights(model, guide, data, model_args, guide_args, K):
+    """``K`` independent ``log p(x, z_k) − log q(z_k)`` (the particles are a ``ppl.vmap``)."""
+
+    def particle():
+        z, log_q = sim(guide, *guide_args)
+        return density(model, {**z, **data}, *model_args) - log_q
+
+    return vmap(particle, axis_size=K)()
+
+
+def elbo(model: Any, guide: Any, data: Mapping[str, Any], *, strategies: Mapping[str, Strategy] | None = None):
+    """``E_q[log p(x, z) − log q(z)]``. With an estimated-density guide (``ppl.marginal``) this is HVI/IWHVI."""
+
+    @expectation
+    def elbo(model_args, guide_args, obs=None):
+        z, log_q = sim(guide, *_tuple(guide_args))
+        return density(model, {**z, **(data if obs is None else obs)}, *_tuple(model_args)) - log_q
+
+    return _declare(elbo, strategies)
+
+
+def iwae(model: Any, guide: Any, data: Mapping[str, Any], K: int, *, strategies=None) -> Expectation:
+    """``E[log (1/K) Σ_k p(x, z_k)/q(z_k)]`` (Burda et al. 2016); with ``ppl.marginal`` guides, DIWHVI."""
+
+    @expectation
+    def iwae(model_args, guide_args, obs=None):
+        w = _log_weights(model, guide, data if obs is None else obs, _tuple(model_args), _tuple(guide_args), K)
+        return logsumexp(w) - jnp.log(K)
+
+    return _declare(iwae, strategies)
+
+
+def renyi(model: Any, guide: Any, data: Mapping[str, Any], K: int, alpha: float, *, strategies=None) -> Expectation:
+    """Rényi's α variational bound (Li & Turner 2016): ``1/(1−α) · log (1/K) Σ_k w_k^{1−α}``, α ≠ 1."""
+    if alpha == 1.0:
+        raise ValueError("renyi: alpha = 1 is the ELBO; use ppl.elbo")
+
+    @expectation
+    def renyi(model_args, guide_args, obs=None):
+        w = _log_weights(model, guide, data if obs is None else obs, _tuple(model_args), _tuple(guide_args), K)
+        return (logsumexp((1.0 - alpha) * w) - jnp.log(K)) / (1.0 - alpha)
+
+    return _declare(renyi, strategies)
+
+
+def vimco(model: Any, guide: Any, data: Mapping[str, Any], K: int, *, strategies=None) -> Expectation:
+    """IWAE with VIMCO's per-particle leave-one-out control variates (Mnih & Rezende 2016), for discrete guides.
+
+    Each particle's score term is multiplied by ``L − L_{−k}`` instead of ``L``, where ``L_{−k}`` replaces
+    particle ``k``'s weight by the geometric mean of the others (it does not depend on particle ``k``).
+    """
+    if K < 2:
+        raise ValueError("vimco needs K >= 2 particles")
+    guide = with_strategies(guide, {"*": reinforce})
+
+    @expectation
+    def vimco(model_args, guide_args, obs=None):
+        d = data if obs is None else obs
+
+        def particle():
+            z, log_q = sim(guide, *_tuple(guide_args))
+            return density(model, {**z, **d}, *_tuple(model_args)) - log_q, log_q
+
+        w, log_q = vmap(particle, axis_size=K)()
+        L = logsumexp(w) - jnp.log(K)
+        ws = sg(w)
+        others_mean = (jnp.sum(ws) - ws) / (K - 1)
+        replaced = jnp.where(jnp.eye(K, dtype=bool), others_mean[:, None], ws[None, :])
+        L_minus = logsumexp(replaced, axis=1) - jnp.log(K)
+        return L - jnp.sum(L_minus * zero_valued(log_q))
+
+    return _declare(vimco, strategies)
+
+
+def dreg_iwae(model: Any, guide: Any, data: Mapping[str, Any], K: int, *, strategies=None) -> Expectation:
+    """IWAE with doubly reparameterized gradients for the guide (Tucker et al. 2019); ``K = 1`` is STL.
+
+    Same value and same expected gradient as ``iwae``; lower variance for the guide's parameters.
+    """
+
+    @expectation
+    def dreg_iwae(model_args, guide_args, obs=None):
+        d, margs, gargs = data if obs is None else obs, _tuple(model_args), _tuple(guide_args)
+        fixed_guide = jax.tree_util.tree_map(sg, gargs)
+        fixed_model = jax.tree_util.tree_map(sg, margs)
+
+        def particle():
+            z, _ = sim(guide, *gargs)
+            path = density(model, {**z, **d}, *fixed_model) - density(guide, z, *fixed_guide)
+            zs = jax.tree_util.tree_map(sg, z)
+            model_term = density(model, {**zs, **d}, *margs)
+            return path, model_term
+
+        path, model_term = vmap(particle, axis_size=K)()
+        w = sg(path)
+        L = logsumexp(w) - jnp.log(K)
+        wn = jax.nn.softmax(w)
+        return L + jnp.sum(wn**2 * zero_valued(path)) + jnp.sum(wn * zero_valued(model_term))
+
+    return _declare(dreg_iwae, strategies)
+
+
+def p_wake(model: Any, guide: Any, data: Mapping[str, Any], N: int, *, strategies=None) -> Expectation:
+    """Reweighted wake-sleep, wake phase for the model: ``Σ_n w̄_n ∇θ log p(x, z_n)`` with ``z_n ~ q`` held fixed."""
+    guide = with_strategies(guide, {"*": detach})
+
+    @expectation
+    def p_wake(model_args, guide_args, obs=None):
+        d = data if obs is None else obs
+
+        def particle():
+            z, log_q = sim(guide, *jax.tree_util.tree_map(sg, _tuple(guide_args)))
+            return density(model, {**z, **d}, *_tuple(model_args)), log_q
+
+        log_p, log_q = vmap(particle, axis_size=N)()
+        w = sg(log_p - log_q)
+        return logsumexp(w) - jnp.log(N) + jnp.sum(jax.nn.softmax(w) * zero_valued(log_p))
+
+    return _declare(p_wake, strategies)
+
+
+def q_wake(model: Any, guide: Any, data: Mapping[str, Any], N: int, *, strategies=None) -> Expectation:
+    """Reweighted wake-sleep, wake phase for the guide: ``Σ_n w̄_n ∇φ log q(z_n)`` with ``z_n ~ q`` held fixed
+    (a self-normalized estimate of ``−∇φ KL(p(z|x) ‖ q)``)."""
+    guide = with_strategies(guide, {"*": detach})
+
+    @expectation
+    def q_wake(model_args, guide_args, obs=None):
+        d = data if obs is None else obs
+
+        def particle():
+            z, log_q = sim(guide, *_tuple(guide_args))
+            return density(model, {**z, **d}, *jax.tree_util.tree_map(sg, _tuple(model_args))), log_q
+
+        log_p, log_q = vmap(particle, axis_size=N)()
+        wn = jax.nn.softmax(sg(log_p - log_q))
+        return jnp.sum(wn * log_q)
+
+    return _declare(q_wake, strategies)
