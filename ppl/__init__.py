@@ -19,9 +19,9 @@ from .gradients import (
     reinforce,
     reparam,
 )
+from .objectives import SIR, Marginal, dreg_iwae, elbo, iwae, marginal, p_wake, q_wake, renyi, sir, vimco
 from .transforms.adev import Expectation, expectation
 from .transforms.strategy_rewrite import with_strategies
-from .objectives import SIR, Marginal, dreg_iwae, elbo, iwae, marginal, p_wake, q_wake, renyi, sir, vimco
 from .transforms.tracing import GenFn, Trace, density, gen, seed, sim
 from .transforms.vectorize import vmap
 

@@ -332,15 +332,17 @@ def while_rule(interp, state, eqn, invals):
     )
 
 
+INLINED = ("jit", "pjit", "closed_call", "custom_jvp_call", "custom_vjp_call", "remat2")
+
+
 def control_flow_rules() -> dict[str, Rule]:
     """The higher-order rules every interpretation registers, by primitive name."""
-    inline = dict.fromkeys(("jit", "pjit", "closed_call", "custom_jvp_call", "custom_vjp_call", "remat2"), inline_rule)
-    return {**inline, "scan": scan_rule, "cond": cond_rule, "while": while_rule}
+    return {**dict.fromkeys(INLINED, inline_rule), "scan": scan_rule, "cond": cond_rule, "while": while_rule}
 
 
 def control_flow_cps_rules() -> dict[str, Rule]:
-    inline = dict.fromkeys(("jit", "pjit", "closed_call", "custom_jvp_call", "custom_vjp_call", "remat2"), inline_cps_rule)
-    return {**inline, "cond": cond_cps_rule}
+    """The continuation-passing versions, for interpretations with multi-call rules (ADEV)."""
+    return {**dict.fromkeys(INLINED, inline_cps_rule), "cond": cond_cps_rule}
 
 
 class RuleTable(dict):

@@ -283,7 +283,10 @@ def sim(q: Any, *args: Any) -> tuple[dict[str, Any], Any]:
 
 
 def record(
-    q: GenFn, args: tuple[Any, ...], constraints: Mapping[str, Any] | None = None, fixed: Mapping[str, Any] | None = None
+    q: GenFn,
+    args: tuple[Any, ...],
+    constraints: Mapping[str, Any] | None = None,
+    fixed: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Any, Any, Any]:
     """Stage ``q`` into the enclosing program with its unconstrained sites kept as random choices.
 
