@@ -19,6 +19,8 @@ from .gradients import (
     reinforce,
     reparam,
 )
+from . import lang
+from .interop import from_numpyro
 from .objectives import SIR, Marginal, dreg_iwae, elbo, iwae, marginal, p_wake, q_wake, renyi, sir, vimco
 from .transforms.adev import Expectation, expectation
 from .transforms.strategy_rewrite import with_strategies
@@ -64,4 +66,6 @@ __all__ = [
     "sir",
     "Marginal",
     "SIR",
+    "from_numpyro",
+    "lang",
 ]

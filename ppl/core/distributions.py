@@ -58,8 +58,18 @@ def log_prob(d: nd.Distribution, x: Any) -> Any:
     NumPyro's ``BernoulliLogits.log_prob`` goes through ``clip``/``abs``, whose derivative at ``logits == 0`` is off
     by 0.5 under current JAX; we use ``x·l − softplus(l)``, the same log mass function, smooth everywhere.
     ``BinomialLogits.log_prob`` has the same kink (``n·clip(l, 0) + n·log1p(exp(−|l|))``: off by ``n/2`` at
-    ``logits == 0``); we use ``log C(n, x) + x·l − n·softplus(l)``.
+    ``logits == 0``); we use ``log C(n, x) + x·l − n·softplus(l)``. ``Expanded``/``Independent``/``Masked``
+    wrappers (what ``numpyro.plate`` and ``.to_event`` make) around them are looked through.
     """
+    if not _patched(d):
+        return d.log_prob(x)
+    if isinstance(d, nd.ExpandedDistribution):  # what numpyro.plate makes: look through the wrappers
+        return jnp.broadcast_to(log_prob(d.base_dist, x), jnp.shape(d.log_prob(x)))
+    if isinstance(d, nd.Independent):
+        lp = log_prob(d.base_dist, x)
+        return jnp.sum(lp, axis=tuple(range(-d.reinterpreted_batch_ndims, 0)))
+    if isinstance(d, nd.MaskedDistribution):
+        return jnp.where(d._mask, log_prob(d.base_dist, x), 0.0)
     if isinstance(d, nd.BernoulliLogits):
         return x * d.logits - jax.nn.softplus(d.logits)
     if isinstance(d, nd.BinomialLogits):
@@ -67,6 +77,12 @@ def log_prob(d: nd.Distribution, x: Any) -> Any:
         log_binom = gammaln(n + 1) - gammaln(x + 1) - gammaln(n - x + 1)
         return log_binom + x * d.logits - n * jax.nn.softplus(d.logits)
     return d.log_prob(x)
+
+
+def _patched(d: nd.Distribution) -> bool:
+    if isinstance(d, nd.ExpandedDistribution | nd.Independent | nd.MaskedDistribution):
+        return _patched(d.base_dist)
+    return isinstance(d, nd.BernoulliLogits | nd.BinomialLogits)
 
 
 def _is_tfp(d: Any) -> bool:

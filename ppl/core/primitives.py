@@ -7,8 +7,9 @@ parameters are the address, a :class:`DistSpec` (the distribution's pytree struc
 ADEV, ...) interprets the staged jaxpr and gives the site its meaning.
 
 >>> import jax, numpyro.distributions as dist, ppl
->>> print(jax.make_jaxpr(lambda m: ppl.sample("x", dist.Normal(m, 1.0)))(0.0))  # doctest: +ELLIPSIS
-{ lambda ; a:f32[]. let b:f32[] = sample[addr=x dist=Normal strategy=default] a 1.0... in (b,) }
+>>> eqn = jax.make_jaxpr(lambda m: ppl.sample("x", dist.Normal(m, 1.0)))(0.0).eqns[-1]
+>>> print(eqn.primitive, eqn.params)
+sample {'addr': 'x', 'dist': Normal, 'strategy': default}
 
 Sharp edges:
     * A site under ``jax.vmap`` stays one site: its ``DistSpec`` records the batch levels, its choice gets the batch

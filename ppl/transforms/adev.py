@@ -154,7 +154,7 @@ class Expectation:
         """The ADEV surrogate: value = unbiased estimate; JAX derivative = unbiased derivative estimate."""
         jaxpr, out_tree, dyn = self.staged.stage(args)
         out = jaxpr.out_avals
-        if out_tree.num_leaves != 1 or out[0].shape != ():
+        if out_tree.num_nodes != 1 or out_tree.num_leaves != 1 or out[0].shape != ():
             raise PPLError(
                 f"expectation {self.__name__!r} must return one scalar; it returns {out_tree} with shapes "
                 f"{[a.shape for a in out]}"

@@ -1,0 +1,344 @@
+"""``ppl.from_numpyro``: an existing NumPyro model or guide as a ``ppl`` generative function.
+
+The NumPyro function is run, when ``ppl`` stages it, under one NumPyro effect handler (a ``Messenger`` at the
+bottom of NumPyro's handler stack, so it sees every site *after* ``plate``, ``scale``, ``mask`` and ``reparam`` did
+their work) that turns NumPyro's primitives into ``ppl``'s:
+
+====================================  =================================================================================
+NumPyro                               ``ppl``
+====================================  =================================================================================
+``sample(name, d)`` (latent)          ``ppl.sample(name, d, strategy=infer.get("strategy"))`` — a random choice
+``sample(name, d, obs=y)``            ``ppl.factor(scale · log d(y))`` — observations are *not* choices
+latent site under a scale / mask      the choice, plus ``ppl.factor(scale · masked log d(x) − log d(x))``
+``plate(name, N, subsample_size=B)``  a choice at address ``name``: the ``B`` indices, drawn without replacement,
+                                      with log density 0 (so a model reads a guide's minibatch, as NumPyro's ``replay``)
+``param(name, init, constraint=c)``   ``biject_to(c)(params[name])``: lifted to the ``params`` argument
+``deterministic(name, v)``            not a choice; ``gf.deterministics(...)`` or ``return_deterministic=True``
+``factor(name, w)``                   ``ppl.factor(scale · w)`` (NumPyro's ``factor`` is an observed ``Unit`` site)
+====================================  =================================================================================
+
+The converted function takes the parameter dictionary as its **first** argument: ``gf(params, *args)``,
+``gf.simulate(key, params, *args)``, ``gf.assess(choices, params, *args)``. Parameters are held *unconstrained*
+(``init_params`` returns them so, ready for ``optax``); ``constrain_params`` maps them to the values the program
+sees. A function without ``numpyro.param`` sites takes ``{}`` (or convert it with ``params=False``).
+
+>>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist, ppl
+>>> from numpyro.distributions import constraints
+>>> def model(y):
+...     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+...     with numpyro.plate("data", y.shape[0]):
+...         numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+>>> def guide(y):
+...     loc = numpyro.param("loc", 0.0)
+...     scale = numpyro.param("scale", 1.0, constraint=constraints.positive)
+...     numpyro.sample("mu", dist.Normal(loc, scale))
+>>> p, q = ppl.from_numpyro(model), ppl.from_numpyro(guide)
+>>> y = jnp.array([0.5, 1.5])
+>>> params = q.init_params(jax.random.key(0), y)
+>>> sorted(params), float(params["scale"])             # scale is stored as log(1.0)
+(['loc', 'scale'], 0.0)
+>>> @ppl.expectation
+... def elbo(params):
+...     z, log_q = ppl.sim(q, params, y)
+...     return ppl.density(p, z, {}, y) - log_q
+>>> g = elbo.grad_estimate(jax.random.key(1), params)  # d ELBO / d (unconstrained params)
+>>> sorted(g)
+['loc', 'scale']
+
+Sharp edges:
+    * Observations are factors, not choices: the model's choices are its latent sites only. (A NumPyro site run
+      with ``obs=None`` *is* a choice, so ``ppl.elbo(p, q, {"y": y})`` also works for such models.)
+    * A latent site inside a subsampled plate (or under ``handlers.scale``/``mask``) is sampled from its own
+      distribution and its log density is corrected by a factor, so its score function (reinforce, enum) is the true
+      one while ``assess`` equals NumPyro's ``log_density``. A masked-out latent element is still sampled.
+    * Subsample indices are a random choice at the plate's name. In an objective the guide should own the
+      subsampled plate (as NumPyro's autoguides do) so the model reads its indices; otherwise pass the indices as
+      data. ``assess`` of a model with a subsampled plate needs the indices among the choices.
+    * ``numpyro.param`` values missing from ``params`` are an error naming the site; extra entries are ignored (so
+      one dict can serve a model and a guide). A callable ``init_value`` is only called by ``init_params``.
+    * ``return_deterministic=True`` makes the return value ``(retval, {name: value})``; deterministic sites inside
+      a ``jax.lax.scan`` body cannot be returned this way.
+    * Keyword arguments are not passed through: bind them with ``functools.partial`` before converting.
+    * Loops: a ``jax.lax.scan`` whose body calls ``numpyro.sample`` works (the choice gets the loop axis in front);
+      ``numpyro.contrib.control_flow.scan``/``cond`` do not.
+    * Not supported (a ``PPLError`` naming the site): ``numpyro.contrib.control_flow.scan``/``cond``, mutable state
+      (``numpyro.mutable``, ``flax_module``/``haiku_module`` with mutable collections), ``numpyro.prng_key()``,
+      ``infer={"enumerate": ...}`` (use ``infer={"strategy": ppl.enum}``, or ``ppl.with_strategies``), and any other
+      message type. ``numpyro.module``/``flax_module`` without mutable state work (their parameters are lifted).
+    * ``ppl.with_strategies(gf, ...)`` returns a generative function without ``init_params``: call that on the
+      function ``from_numpyro`` returned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as nd
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
+from numpyro.primitives import Messenger
+
+from ..core import distributions as _dists
+from ..core.interpreter import PPLError
+from ..core.primitives import factor as ppl_factor
+from ..core.primitives import sample as ppl_sample
+from ..transforms.tracing import GenFn
+
+__all__ = ["from_numpyro", "NumPyroGenFn", "Subsample"]
+
+
+# ---------------------------------------------------------------------------------------------- subsample indices
+
+
+class Subsample(nd.Distribution):
+    """``subsample_size`` distinct indices of ``range(size)`` drawn uniformly, with log density 0.
+
+    The distribution of a subsampled ``numpyro.plate``'s indices. Its density is left out (taken as 0), as NumPyro's
+    ``log_density`` leaves plates out: it is a constant that cancels between a guide and a model sharing the plate.
+    """
+
+    pytree_data_fields = ("anchor",)
+    pytree_aux_fields = ("size", "subsample_size")
+    arg_constraints: dict[str, Any] = {}
+    support = constraints.nonnegative_integer
+
+    def __init__(self, size: int, subsample_size: int):
+        self.size, self.subsample_size = int(size), int(subsample_size)
+        self.anchor = jnp.zeros(())  # an array leaf, so the site has an operand (ppl.vmap ties lanes to it)
+        super().__init__(batch_shape=(), event_shape=(self.subsample_size,))
+
+    def sample(self, key: Any, sample_shape: tuple[int, ...] = ()) -> jax.Array:
+        def one(k):
+            return jax.random.choice(k, self.size, (self.subsample_size,), replace=False)
+
+        n = math.prod(sample_shape)
+        out = jax.vmap(one)(jax.random.split(key, n))
+        return out.reshape((*sample_shape, self.subsample_size))
+
+    def log_prob(self, value: Any) -> jax.Array:
+        return jnp.zeros(jnp.shape(value)[:-1])
+
+
+# ---------------------------------------------------------------------------------------------- the handler
+
+
+def _is_one(scale: Any) -> bool:
+    return scale is None or (isinstance(scale, int | float) and scale == 1)
+
+
+def _strip_masks(d: nd.Distribution) -> tuple[nd.Distribution, bool]:
+    """The distribution a site is really sampled from: ``d`` without ``MaskedDistribution`` wrappers."""
+    if isinstance(d, nd.MaskedDistribution):
+        return _strip_masks(d.base_dist)[0], True
+    if isinstance(d, nd.ExpandedDistribution):
+        base, stripped = _strip_masks(d.base_dist)
+        return (base.expand(d.batch_shape) if stripped else d), stripped
+    if isinstance(d, nd.Independent):
+        base, stripped = _strip_masks(d.base_dist)
+        return (base.to_event(d.reinterpreted_batch_ndims) if stripped else d), stripped
+    return d, False
+
+
+_UNSUPPORTED = {
+    "control_flow": "numpyro.contrib.control_flow.scan / cond is not supported by ppl.from_numpyro: write the loop "
+    "with jax.lax.scan (a site in its body records the loop axis in front) or a Python loop, and the branch with "
+    "jax.lax.cond",
+    "mutable": "mutable state (numpyro.mutable, or flax_module / haiku_module with mutable collections such as batch "
+    "statistics) is not supported by ppl.from_numpyro: ppl programs are pure functions of their arguments",
+    "prng_key": "numpyro.prng_key() has no key under ppl.from_numpyro: randomness must come from sample sites (a "
+    "callable numpyro.param init_value is only called by init_params)",
+}
+
+
+class _ToPPL(Messenger):
+    """Turn NumPyro messages into ``ppl`` primitives while the converted function is staged."""
+
+    def __init__(self, owner: _Converted, params: Mapping[str, Any] | None):
+        self.owner, self.params = owner, params
+        self.deterministic: dict[str, Any] = {}
+        super().__init__()
+
+    def process_message(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "sample":
+            self._sample(msg)
+        elif kind == "param":
+            self._param(msg)
+        elif kind == "plate":
+            self._plate(msg)
+        elif kind == "deterministic":
+            self.deterministic[msg["name"]] = msg["value"]
+        elif kind in ("subsample", "inspect"):
+            return
+        else:
+            what = f" {msg['name']!r}" if msg.get("name") else ""
+            reason = _UNSUPPORTED.get(kind, "this NumPyro primitive is not supported by ppl.from_numpyro")
+            raise PPLError(f"{self.owner.__name__}: NumPyro site{what} of type {kind!r}: {reason}")
+        msg["stop"] = True
+
+    def _sample(self, msg: dict[str, Any]) -> None:
+        name, fn, scale = msg["name"], msg["fn"], msg["scale"]
+        infer = msg.get("infer") or {}
+        if "enumerate" in infer:
+            raise PPLError(
+                f"{self.owner.__name__}: site {name!r} has infer={{'enumerate': {infer['enumerate']!r}}}: NumPyro's "
+                "enumeration (marginalizing the site out of the model) is not supported by ppl.from_numpyro. For an "
+                "enumerated gradient estimate use infer={'strategy': ppl.enum} or ppl.with_strategies(gf, "
+                f"{{{name!r}: ppl.enum}})"
+            )
+        sample_shape = tuple(msg["kwargs"].get("sample_shape") or ())
+        if sample_shape:
+            fn = msg["fn"] = fn.expand(sample_shape + tuple(fn.batch_shape))
+            msg["kwargs"]["sample_shape"] = ()
+        if msg["value"] is not None:  # observed (obs=, handlers.condition) or substituted: a factor
+            lp = _dists.log_prob(fn, msg["value"])
+            ppl_factor(lp if _is_one(scale) else scale * lp)
+            return
+        sampler, masked = _strip_masks(fn)
+        x = ppl_sample(name, sampler, infer.get("strategy"))
+        if masked or not _is_one(scale):
+            target = _dists.log_prob(fn, x)
+            target = target if _is_one(scale) else scale * target
+            ppl_factor(jnp.sum(target) - jnp.sum(_dists.log_prob(sampler, x)))
+        msg["value"] = x
+
+    def _param(self, msg: dict[str, Any]) -> None:
+        name = msg["name"]
+        constraint = msg["kwargs"].get("constraint", constraints.real)
+        self.owner.constraints[name] = constraint
+        if self.params is None:
+            raise PPLError(
+                f"{self.owner.__name__}: numpyro.param({name!r}) in a function converted with params=False; convert "
+                "it with ppl.from_numpyro(fn) (the default), which takes the params dict as its first argument"
+            )
+        if name not in self.params:
+            raise PPLError(
+                f"{self.owner.__name__}: numpyro.param({name!r}) has no value in the params dict (it has "
+                f"{sorted(self.params)}); start from gf.init_params(key, *args)"
+            )
+        msg["value"] = jax.tree_util.tree_map(biject_to(constraint), self.params[name])
+
+    def _plate(self, msg: dict[str, Any]) -> None:
+        if msg["value"] is not None:  # no subsampling: the indices are arange(size)
+            return
+        size, subsample_size = msg["args"][:2]
+        msg["value"] = ppl_sample(msg["name"], Subsample(size, subsample_size))
+
+
+# ---------------------------------------------------------------------------------------------- the conversion
+
+
+class _Converted:
+    """``fn(*args)`` under :class:`_ToPPL`, as a ``ppl`` program ``(params, *args) -> retval``."""
+
+    def __init__(self, fn: Callable[..., Any], lift_params: bool, return_deterministic: bool):
+        self.fn, self.lift_params, self.return_deterministic = fn, lift_params, return_deterministic
+        self.__name__ = getattr(fn, "__name__", "numpyro_fn")
+        self.constraints: dict[str, Any] = {}
+
+    def __call__(self, *args: Any) -> Any:
+        params = None
+        if self.lift_params:
+            if not args or not isinstance(args[0], Mapping):
+                got = type(args[0]).__name__ if args else "nothing"
+                raise TypeError(
+                    f"{self.__name__} (from ppl.from_numpyro): the first argument is the params dict (numpyro.param "
+                    f"name -> unconstrained value), got {got}. Pass {{}} if the function has no numpyro.param "
+                    "sites, or convert it with ppl.from_numpyro(fn, params=False)"
+                )
+            params, args = args[0], args[1:]
+        handler = _ToPPL(self, params)
+        with handler:
+            out = self.fn(*args)
+        return (out, dict(handler.deterministic)) if self.return_deterministic else out
+
+
+class NumPyroGenFn(GenFn):
+    """A ``GenFn`` converted from a NumPyro function (see :func:`from_numpyro`); called as ``gf(params, *args)``."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        super().__init__(fn)
+        self.source = fn if isinstance(fn, _Converted) else None
+        self._with_det: GenFn | None = None
+
+    def __repr__(self) -> str:
+        return f"NumPyroGenFn({self.__name__})"
+
+    def _src(self, who: str) -> _Converted:
+        if self.source is None:
+            raise PPLError(
+                f"{who}: this generative function was rewritten (e.g. by ppl.with_strategies) and no longer knows "
+                "its NumPyro source; call it on the function ppl.from_numpyro returned"
+            )
+        return self.source
+
+    def init_params(self, key: Any, *args: Any) -> dict[str, Any]:
+        """Initial *unconstrained* values of the ``numpyro.param`` sites (``init_value``, mapped by the inverse of
+        ``biject_to(constraint)``), running the function once under NumPyro's ``seed``."""
+        src = self._src("init_params")
+        with numpyro.handlers.trace() as tr, numpyro.handlers.seed(rng_seed=key):
+            src.fn(*args)
+        out: dict[str, Any] = {}
+        for name, site in tr.items():
+            if site["type"] == "param" and site["value"] is not None:
+                c = site["kwargs"].get("constraint", constraints.real)
+                src.constraints[name] = c
+                out[name] = jax.tree_util.tree_map(lambda v, c=c: biject_to(c).inv(jnp.asarray(v)), site["value"])
+        return out
+
+    def _constraints(self, who: str, names: Any, args: tuple[Any, ...]) -> dict[str, Any]:
+        src = self._src(who)
+        if args and any(n not in src.constraints for n in names):
+            self.init_params(jax.random.key(0), *args)
+        unknown = [n for n in names if n not in src.constraints]
+        if unknown:
+            raise PPLError(
+                f"{who}: no numpyro.param site {unknown} seen yet in {self.__name__}; pass the function's "
+                f"arguments: gf.{who}(params, *args)"
+            )
+        return src.constraints
+
+    def constrain_params(self, params: Mapping[str, Any], *args: Any) -> dict[str, Any]:
+        """The values the program sees (``biject_to(constraint)(params[name])``), like NumPyro's
+        ``SVI.get_params``. Constraints are known once the function has been staged or ``init_params`` has run;
+        otherwise pass the function's arguments to find them."""
+        cs = self._constraints("constrain_params", params, args)
+        return {n: jax.tree_util.tree_map(biject_to(cs[n]), v) for n, v in params.items()}
+
+    def unconstrain_params(self, constrained: Mapping[str, Any], *args: Any) -> dict[str, Any]:
+        """The inverse of :meth:`constrain_params` (e.g. to start from the parameters of a NumPyro ``SVI`` run)."""
+        cs = self._constraints("unconstrain_params", constrained, args)
+        return {
+            n: jax.tree_util.tree_map(lambda x, c=cs[n]: biject_to(c).inv(jnp.asarray(x)), v)
+            for n, v in constrained.items()
+        }
+
+    def deterministics(self, choices: Mapping[str, Any], *args: Any) -> dict[str, Any]:
+        """``{name: value}`` of the ``numpyro.deterministic`` sites for the given choices (args as for ``assess``,
+        params first)."""
+        src = self._src("deterministics")
+        if self._with_det is None:
+            self._with_det = GenFn(_Converted(src.fn, src.lift_params, return_deterministic=True))
+        return self._with_det.assess(choices, *args)[1][1]
+
+
+def from_numpyro(fn: Callable[..., Any], *, params: bool = True, return_deterministic: bool = False) -> NumPyroGenFn:
+    """An existing NumPyro model or guide as a ``ppl`` generative function.
+
+    ``fn(*args)`` may use ``numpyro.sample`` (with ``obs=``, ``sample_shape``, ``infer={"strategy": s}`` for a
+    ``ppl`` gradient strategy), ``numpyro.plate`` (nested, with ``subsample_size``), ``numpyro.param``,
+    ``numpyro.deterministic``, ``numpyro.factor``, ``numpyro.subsample`` and the handlers ``scale``, ``mask``,
+    ``condition``, ``substitute``, ``reparam``. The result is called ``gf(params, *args)`` (``params=False``:
+    ``gf(*args)``, for a function without ``numpyro.param``); ``return_deterministic=True`` makes it return
+    ``(retval, {deterministic name: value})``. See the module docstring for the mapping and its sharp edges.
+    """
+    if isinstance(fn, GenFn):
+        raise TypeError(f"ppl.from_numpyro: {fn!r} is already a ppl generative function")
+    if not callable(fn):
+        raise TypeError(f"ppl.from_numpyro: expected a NumPyro model or guide (a callable), got {type(fn).__name__}")
+    return NumPyroGenFn(_Converted(fn, bool(params), bool(return_deterministic)))
