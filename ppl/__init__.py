@@ -26,6 +26,7 @@ from .transforms.adev import Expectation, expectation
 from .transforms.strategy_rewrite import with_strategies
 from .transforms.tracing import GenFn, Trace, density, gen, seed, sim
 from .transforms.vectorize import vmap
+from .workflow import Comparison, FitResult, compare_estimators, fit
 
 __version__ = "0.1.0"
 
@@ -67,5 +68,9 @@ __all__ = [
     "Marginal",
     "SIR",
     "from_numpyro",
+    "fit",
+    "FitResult",
+    "compare_estimators",
+    "Comparison",
     "lang",
 ]

@@ -1,0 +1,399 @@
+"""``fit``: maximize an objective with an optax optimizer, in jitted ``lax.scan`` chunks.
+
+Each step draws an unbiased gradient estimate of the objective (``objective.value_and_grad_estimate``; with
+``num_particles=K`` the mean of ``K`` independent estimates, vmapped), negates it and hands it to the optax
+optimizer: objectives return the quantity to **maximize**. Steps run ``chunk_size`` at a time inside one jitted
+``lax.scan``, so the host sees nothing between two steps of a chunk; the progress bar, the checkpoint and the value
+history are updated between chunks.
+
+>>> import jax, jax.numpy as jnp, optax, numpyro.distributions as dist, ppl
+>>> from ppl.workflow import fit
+>>> @ppl.expectation
+... def objective(theta):                       # E[-(x - 3)^2], x ~ Normal(theta, 1): maximized at theta = 3
+...     x = ppl.sample("x", dist.Normal(theta, 1.0))
+...     return -((x - 3.0) ** 2)
+>>> res = fit(objective, (jnp.array(0.0),), optimizer=optax.adam(0.1), num_steps=300, key=jax.random.key(0),
+...           progress=False)
+>>> bool(abs(res.args[0] - 3.0) < 0.2), res.values.shape, res.num_skipped
+(True, (300,), 0)
+
+What is trained: the floating-point *array* leaves (JAX or NumPy) of ``args`` — the equinox convention
+(``eqx.is_inexact_array``); every other leaf (integer arrays, Python numbers, strings, functions) passes through
+unchanged. ``trainable=`` (a pytree prefix of booleans, like ``optax.masked``'s mask) freezes parts of ``args``, e.g.
+``trainable=(False, True)`` trains only the guide's arguments of ``(model_args, guide_args)``. The optimizer sees
+the parameters in the structure of ``args`` with ``None`` in place of frozen leaves (as with
+``eqx.filter(model, eqx.is_inexact_array)``), so ``optax.multi_transform`` labels and masks can follow ``args``.
+
+Keys: step ``i`` uses ``jax.random.fold_in(key, i)`` (split ``num_particles`` ways), whatever the chunking, so a run
+resumed from a checkpoint at step ``s`` is bit-identical to an uninterrupted one.
+
+Sharp edges:
+    * A Python float (``0.0``) in ``args`` is a constant, not a parameter: write ``jnp.asarray(0.0)``. Float data
+      passed in ``args`` *is* trained unless frozen with ``trainable=``. A run with nothing to train is an error.
+    * A step is skipped — parameters and optimizer state kept — when the estimate, the gradient or the updated
+      parameters are non-finite; ``FitResult.num_skipped`` counts them and ``FitResult.skipped`` says which.
+      ``values`` keeps the (non-finite) estimate of a skipped step.
+    * The optimizer is not saved in a checkpoint, only its state: resuming with a different learning rate continues
+      with the new one; a different optimizer *structure*, other parameters or another key is an error (delete the
+      checkpoint directory to start over). A checkpoint past ``num_steps`` is an error too.
+    * ``optax`` transformations taking extra arguments receive ``value=`` (the loss, i.e. the negated estimate), so
+      ``optax.contrib.reduce_on_plateau`` works (give it a large ``accumulation_size``: estimates are noisy).
+      Line-search optimizers (``optax.lbfgs``) do not apply to noisy gradient estimates and are not supported.
+    * The host only sees values between chunks: a long ``chunk_size`` means a coarse progress bar and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+CHECKPOINT_FILE = "fit_checkpoint.npz"
+_FORMAT = 1
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+
+
+def is_trainable_leaf(x: Any) -> bool:
+    """A floating-point (or complex) JAX or NumPy array: the leaves ``fit`` trains."""
+    return isinstance(x, jax.Array | np.ndarray | np.generic) and jnp.issubdtype(x.dtype, jnp.inexact)
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, jax.Array | np.ndarray | np.generic)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """``args`` split into trained leaves, frozen arrays (dynamic jit inputs) and static leaves (closed over)."""
+
+    treedef: Any
+    leaves: tuple[Any, ...]
+    train: tuple[int, ...]
+    frozen: tuple[int, ...]
+
+    @staticmethod
+    def of(args: tuple[Any, ...], trainable: Any = None) -> Partition:
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        mask = [True] * len(leaves) if trainable is None else _broadcast_mask(trainable, args, treedef)
+        train = tuple(i for i, x in enumerate(leaves) if mask[i] and is_trainable_leaf(x))
+        frozen = tuple(i for i, x in enumerate(leaves) if i not in train and _is_array(x))
+        return Partition(treedef, tuple(leaves), train, frozen)
+
+    def params(self) -> Any:
+        """The trained leaves in the structure of ``args``, ``None`` elsewhere (what the optimizer sees)."""
+        return self.tree([jnp.asarray(self.leaves[i]) for i in self.train])
+
+    def tree(self, train_leaves: Sequence[Any]) -> Any:
+        out: list[Any] = [None] * len(self.leaves)
+        for i, x in zip(self.train, train_leaves, strict=True):
+            out[i] = x
+        return jax.tree_util.tree_unflatten(self.treedef, out)
+
+    def train_leaves(self, tree: Any) -> list[Any]:
+        """The trained positions of a tree in the structure of ``args`` (``None`` leaves allowed elsewhere)."""
+        flat = self.treedef.flatten_up_to(tree)
+        return [flat[i] for i in self.train]
+
+    def frozen_leaves(self) -> list[Any]:
+        return [self.leaves[i] for i in self.frozen]
+
+    def merge(self, params: Any, frozen: Sequence[Any]) -> Any:
+        """The full ``args`` from the parameter tree and the frozen arrays."""
+        leaves = list(self.leaves)
+        for i, x in zip(self.train, self.train_leaves(params), strict=True):
+            leaves[i] = x
+        for i, x in zip(self.frozen, frozen, strict=True):
+            leaves[i] = x
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+def _broadcast_mask(mask: Any, args: Any, treedef: Any) -> list[bool]:
+    try:
+        full = jax.tree_util.tree_map(lambda m, sub: jax.tree_util.tree_map(lambda _: bool(m), sub), mask, args)
+        return list(treedef.flatten_up_to(full))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"fit: trainable={mask!r} is not a pytree prefix of args (structure {treedef}): {e}") from None
+
+
+def as_args(args: Any) -> tuple[tuple[Any, ...], bool]:
+    """``(args as a tuple, whether it was given bare)``: a non-tuple is the objective's one argument."""
+    return (args, False) if isinstance(args, tuple) else ((args,), True)
+
+
+def as_key(key: Any) -> jax.Array:
+    return jax.random.key(key) if isinstance(key, int) else key
+
+
+# ---------------------------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What ``fit`` returns.
+
+    ``args``: the trained arguments (same structure as given); ``values``: the estimate at each step (shape
+    ``(steps,)``); ``skipped``: which steps were skipped as non-finite; ``num_skipped``; ``opt_state``: the final
+    optimizer state; ``steps``: the number of steps taken in all (including steps resumed from a checkpoint);
+    ``resumed_from``: the step a checkpoint resumed from (0 for a fresh run); ``wall_time``: seconds in this call.
+    """
+
+    args: Any
+    values: np.ndarray
+    skipped: np.ndarray
+    num_skipped: int
+    opt_state: Any
+    steps: int
+    resumed_from: int = 0
+    wall_time: float = field(default=0.0, compare=False)
+
+    def running_value(self, window: int = 100) -> float:
+        """Mean of the finite estimates over the last ``window`` steps (a less noisy final objective value)."""
+        v = self.values[-window:]
+        v = v[np.isfinite(v)]
+        return float(v.mean()) if v.size else float("nan")
+
+    def __repr__(self) -> str:
+        resumed = f", resumed_from={self.resumed_from}" if self.resumed_from else ""
+        return (
+            f"FitResult(steps={self.steps}, running_value={self.running_value():.6g}, "
+            f"num_skipped={self.num_skipped}{resumed}, wall_time={self.wall_time:.2f}s)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- the step
+
+
+def _finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _make_chunk(objective: Any, part: Partition, optimizer: Any, num_particles: int) -> Callable:
+    extra = isinstance(optimizer, optax.GradientTransformationExtraArgs)
+
+    def estimate(k, params, frozen):
+        args = part.merge(params, frozen)
+        value, grads = objective.value_and_grad_estimate(k, *args)
+        grads = (grads,) if len(args) == 1 else grads
+        pairs = zip(part.train_leaves(grads), part.train_leaves(params), strict=True)
+        g = [jnp.zeros_like(p) if x is None else x for x, p in pairs]
+        return value, part.tree(g)
+
+    def one_step(carry, step, key, frozen):
+        params, opt_state = carry
+        k = jax.random.fold_in(key, step)
+        if num_particles == 1:
+            value, grads = estimate(k, params, frozen)
+        else:
+            vs, gs = jax.vmap(estimate, (0, None, None))(jax.random.split(k, num_particles), params, frozen)
+            value, grads = jnp.mean(vs, 0), jax.tree_util.tree_map(lambda g: jnp.mean(g, 0), gs)
+        neg = jax.tree_util.tree_map(jnp.negative, grads)
+        if extra:
+            updates, new_state = optimizer.update(neg, opt_state, params, value=-value)
+        else:
+            updates, new_state = optimizer.update(neg, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        ok = jnp.isfinite(value) & _finite(grads) & _finite(new_params)
+        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+        params = jax.tree_util.tree_map(keep, new_params, params)
+        opt_state = jax.tree_util.tree_map(keep, new_state, opt_state)
+        return (params, opt_state), (value, ~ok)
+
+    def chunk(params, opt_state, frozen, key, start, length):
+        steps = start + jnp.arange(length, dtype=jnp.int32)
+        body = lambda c, s: one_step(c, s, key, frozen)  # noqa: E731
+        return jax.lax.scan(body, (params, opt_state), steps)
+
+    return jax.jit(chunk, static_argnums=(5,))
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def _key_data(key: jax.Array) -> list[int]:
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return np.asarray(data).ravel().tolist()
+
+
+def _signature(tree: Any) -> dict[str, Any]:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return {
+        "structure": re.sub(r" at 0x[0-9a-fA-F]+", "", str(treedef)),  # no per-process addresses
+        "shapes": [list(np.shape(x)) for x in leaves],
+        "dtypes": [str(jnp.asarray(x).dtype) for x in leaves],
+    }
+
+
+def _save(path: str, meta: dict[str, Any], params: Any, opt_state: Any, values: np.ndarray, skipped: np.ndarray):
+    arrays = {"meta": np.array(json.dumps(meta)), "values": values, "skipped": skipped}
+    for name, tree in (("p", params), ("o", opt_state)):
+        for j, x in enumerate(jax.tree_util.tree_leaves(tree)):
+            arrays[f"{name}{j}"] = np.asarray(x)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_leaves(data: Any, name: str, template: Any) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    out = []
+    for j, t in enumerate(leaves):
+        a, dtype = data[f"{name}{j}"], jnp.asarray(t).dtype
+        out.append(jnp.asarray(a if a.dtype == dtype else a.view(dtype)))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _load(path: str, meta: dict[str, Any], params: Any, opt_state: Any):
+    with np.load(path) as data:
+        saved = json.loads(str(data["meta"]))
+        for what in ("params", "opt_state", "key", "num_particles"):
+            if saved.get(what) != meta[what]:
+                raise ValueError(
+                    f"fit: the checkpoint {path} was written for a different run ({what} differ: saved "
+                    f"{saved.get(what)!r}, now {meta[what]!r}). Delete it or use another checkpoint directory."
+                )
+        step = int(saved["step"])
+        return (
+            step,
+            _load_leaves(data, "p", params),
+            _load_leaves(data, "o", opt_state),
+            np.array(data["values"][:step]),
+            np.array(data["skipped"][:step]),
+        )
+
+
+# ---------------------------------------------------------------------------------------------- fit
+
+
+def fit(
+    objective: Any,
+    args: Any,
+    *,
+    optimizer: optax.GradientTransformation,
+    num_steps: int,
+    key: Any,
+    num_particles: int = 1,
+    progress: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
+    chunk_size: int = 100,
+    trainable: Any = None,
+) -> FitResult:
+    """Maximize ``E[objective](*args)`` by stochastic gradient ascent with an optax ``optimizer``.
+
+    Args:
+        objective: an :class:`~ppl.Expectation` (anything with ``value_and_grad_estimate(key, *args)``).
+        args: the tuple of the objective's positional arguments, e.g. ``(model_args, guide_args)`` (a non-tuple is
+            its one argument, and ``FitResult.args`` is then bare too). Floating-point array leaves are trained.
+        optimizer: an optax gradient transformation (``optax.adam(1e-2)``); it minimizes the negated objective.
+        num_steps: total number of steps (a resumed run continues up to it).
+        key: a JAX key (or an int seed); step ``i`` uses ``fold_in(key, i)``.
+        num_particles: average this many independent gradient estimates per step (vmapped).
+        progress: show a tqdm progress bar with the running value (never when the ``CI`` environment variable is
+            set).
+        checkpoint: a directory; the state is saved there after every chunk and a rerun resumes from it exactly.
+        chunk_size: steps per jitted ``lax.scan`` (chunk boundaries are multiples of it, counted from step 0).
+        trainable: optional pytree prefix of ``args`` of booleans; ``False`` freezes that part.
+    """
+    t0 = time.perf_counter()
+    args_t, bare = as_args(args)
+    if not (isinstance(num_steps, int) and num_steps >= 0):
+        raise ValueError(f"fit: num_steps must be a non-negative int, got {num_steps!r}")
+    if not (isinstance(num_particles, int) and num_particles >= 1):
+        raise ValueError(f"fit: num_particles must be a positive int, got {num_particles!r}")
+    if not (isinstance(chunk_size, int) and chunk_size >= 1):
+        raise ValueError(f"fit: chunk_size must be a positive int, got {chunk_size!r}")
+    if not hasattr(objective, "value_and_grad_estimate"):
+        raise TypeError(
+            f"fit: {objective!r} is not an expectation (use @ppl.expectation or an objective like ppl.elbo)"
+        )
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(f"fit: optimizer={optimizer!r} is not an optax gradient transformation")
+    key = as_key(key)
+    part = Partition.of(args_t, trainable)
+    if not part.train:
+        raise ValueError(
+            "fit: nothing to train: no floating-point array leaf in args (a Python float is a constant; write "
+            "jnp.asarray(0.0) for a parameter)"
+        )
+    params, frozen = part.params(), part.frozen_leaves()
+    opt_state = optimizer.init(params)
+    values = np.full(num_steps, np.nan)  # float64 holds float32 estimates exactly
+    skipped = np.zeros(num_steps, dtype=bool)
+
+    path, start = None, 0
+    meta = {
+        "format": _FORMAT,
+        "params": _signature(params),
+        "opt_state": _signature(opt_state),
+        "key": _key_data(key),
+        "num_particles": num_particles,
+    }
+    if checkpoint is not None:
+        os.makedirs(checkpoint, exist_ok=True)
+        path = os.path.join(os.fspath(checkpoint), CHECKPOINT_FILE)
+        if os.path.exists(path):
+            start, params, opt_state, v, s = _load(path, meta, params, opt_state)
+            if start > num_steps:
+                raise ValueError(
+                    f"fit: the checkpoint {path} is at step {start}, past num_steps={num_steps}; ask for at least "
+                    f"{start} steps or delete it"
+                )
+            values[:start], skipped[:start] = v, s
+
+    chunk = _make_chunk(objective, part, optimizer, num_particles)
+    quiet = not progress or bool(os.environ.get("CI"))
+    bar = _progress(num_steps, start, getattr(objective, "__name__", "fit"), quiet)
+    step = start
+    try:
+        while step < num_steps:
+            end = min((step // chunk_size + 1) * chunk_size, num_steps)
+            (params, opt_state), (v, s) = chunk(params, opt_state, frozen, key, jnp.int32(step), end - step)
+            values[step:end], skipped[step:end] = np.asarray(v), np.asarray(s)
+            step = end
+            if path is not None:
+                _save(path, {**meta, "step": step}, params, opt_state, values[:step], skipped[:step])
+            if bar is not None:
+                recent = values[max(start, step - chunk_size) : step]
+                recent = recent[np.isfinite(recent)]
+                post = {"value": f"{recent.mean():.5g}" if recent.size else "nan"}
+                if skipped[:step].any():
+                    post["skipped"] = int(skipped[:step].sum())
+                bar.set_postfix(post, refresh=False)
+                bar.update(end - bar.n)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    out = part.merge(params, frozen)
+    return FitResult(
+        args=out[0] if bare else out,
+        values=values,
+        skipped=skipped,
+        num_skipped=int(skipped.sum()),
+        opt_state=opt_state,
+        steps=num_steps,
+        resumed_from=start,
+        wall_time=time.perf_counter() - t0,
+    )
+
+
+def _progress(total: int, initial: int, desc: str, quiet: bool) -> Any:
+    if quiet:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
