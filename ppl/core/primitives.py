@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as nd
 
-from .._jax_internals import NOT_MAPPED, new_primitive
+from .._jax_internals import NOT_MAPPED, ShapedArray, new_primitive
 from ..gradients.base import Strategy
 from . import distributions as _dists
 
@@ -183,11 +183,11 @@ def _sample_aval(spec: DistSpec, strategy: StrategySpec, avals: tuple[Any, ...])
         list(site.dist_leaves),
         list(site.strategy_leaves),
     )
-    return jax.core.ShapedArray(out.shape, out.dtype)
+    return ShapedArray(out.shape, out.dtype)
 
 
 def _sample_abstract_eval(*avals, addr, dist, strategy):
-    return _sample_aval(dist, strategy, tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in avals))
+    return _sample_aval(dist, strategy, tuple(ShapedArray(a.shape, a.dtype) for a in avals))
 
 
 def _sample_batch(prim):

@@ -28,6 +28,8 @@ Sharp edges:
       has no continuation); hoist the site out of the loop or unroll it.
     * A ``cond`` whose branch holds a multi-call site gets the rest of the program traced into each branch.
     * Only first derivatives are estimated unbiasedly (``jax.hessian`` of the surrogate is not an ADEV estimator).
+    * Addresses need not be unique inside an expectation (two ``sim`` calls of one family repeat its addresses; no
+      trace is recorded). ``with_strategies`` patterns then apply to every site with a matching address.
 """
 
 from __future__ import annotations
