@@ -5,6 +5,7 @@ families and take the ``density`` of models (``ppl.expectation``); gradient stra
 ADEV compiles an objective into one plain JAX function that estimates its value and gradient without bias.
 """
 
+from . import lang
 from .core.interpreter import PPLError
 from .core.primitives import add_cost, factor, sample, scope
 from .gradients import (
@@ -19,7 +20,6 @@ from .gradients import (
     reinforce,
     reparam,
 )
-from . import lang
 from .interop import from_numpyro
 from .objectives import SIR, Marginal, dreg_iwae, elbo, iwae, marginal, p_wake, q_wake, renyi, sir, vimco
 from .transforms.adev import Expectation, expectation
