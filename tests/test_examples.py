@@ -1,0 +1,77 @@
+"""The examples run end to end (``--quick``) and say what they claim: parse their printed tables."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM = r"[+-]?\d+\.\d+"
+
+
+def run_example(name: str, timeout: float = 600.0) -> str:
+    env = {**os.environ, "CI": "true", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"{name} --quick exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def discrete_output() -> str:
+    return run_example("discrete_latent.py")
+
+
+def gradient_rows(out: str) -> list[tuple[str, float, float, float, float]]:
+    """(estimator, phi, exact, variance, z) for each row of the gradient table."""
+    row = re.compile(
+        rf"^((?:ppl|numpyro) \S+)\s+\d+\s+({NUM})\s+({NUM})\s+({NUM})\s+({NUM})\s+(\S+)\s+({NUM})$", re.MULTILINE
+    )
+    return [(m[1], float(m[2]), float(m[3]), float(m[6]), float(m[7])) for m in row.finditer(out)]
+
+
+def test_discrete_latent_table(discrete_output: str) -> None:
+    rows = gradient_rows(discrete_output)
+    names = {r[0] for r in rows}
+    assert {"ppl reinforce", "ppl mvd", "ppl enum", "ppl leave_one_out(4)", "numpyro Trace_ELBO",
+            "numpyro TraceGraph_ELBO"} <= names, names
+    assert any(n.startswith("ppl baseline") for n in names), names
+    assert len(rows) == 3 * len(names), "one row per estimator and phi"
+    for name, phi, exact, var, z in rows:
+        if name.startswith("ppl") or name == "numpyro TraceGraph_ELBO":
+            assert abs(z) < 4.0, f"{name} at phi={phi}: z = {z} (should be unbiased)"
+        if name == "ppl enum":
+            assert var == 0.0 and abs(z) < 1.0, f"enum should be exact: var={var}, z={z}"
+        if name == "numpyro Trace_ELBO" and abs(exact) > 0.1:
+            assert abs(z) > 4.0, f"Trace_ELBO at phi={phi}: z = {z}; its bias should show where the gradient is large"
+
+
+def test_discrete_latent_training(discrete_output: str) -> None:
+    m = re.search(rf"^ppl enum\s+phi = ({NUM})\s+\|phi - phi\*\| = ({NUM})", discrete_output, re.MULTILINE)
+    assert m, discrete_output
+    assert float(m[2]) < 0.01
+    m = re.search(rf"^numpyro Trace_ELBO\s+phi = ({NUM})\s+\|phi - phi\*\| = ({NUM})", discrete_output, re.MULTILINE)
+    assert m and float(m[2]) > 0.5, "Trace_ELBO's zero-mean gradient should leave phi far from phi*"
+
+
+def test_cone_quick() -> None:
+    out = run_example("cone.py")
+    m = re.search(rf"log p\(z = 5\) = ({NUM})", out)
+    assert m and abs(float(m[1]) + 5.3232) < 1e-3, out
+    rows = re.findall(rf"^(ELBO|IWAE\(5\)|HVI|IWHVI\(5\)|DIWHVI\(5,5\))\s+(\S+)\s+\S+\s+({NUM})", out, re.MULTILINE)
+    assert [r[0] for r in rows] == ["ELBO", "IWAE(5)", "HVI", "IWHVI(5)", "DIWHVI(5,5)"], out
+    for name, family, value in rows:
+        v = float(value)
+        assert math.isfinite(v) and v < -5.0, f"{name} ({family}) = {v}: a lower bound on log p(z) = -5.32"
