@@ -27,6 +27,12 @@ the parameters in the structure of ``args`` with ``None`` in place of frozen lea
 Keys: step ``i`` uses ``jax.random.fold_in(key, i)`` (split ``num_particles`` ways), whatever the chunking, so a run
 resumed from a checkpoint at step ``s`` is bit-identical to an uninterrupted one.
 
+Data and devices: ``data=`` (arrays with a leading data-set axis) is passed to the objective as an extra last
+argument, ``batch_size`` rows per step drawn with ``fold_in(fold_in(key, i), 2**32 - 1)`` (all rows without
+``batch_size``); it is never trained. ``devices=`` shards the particles and the minibatch of each step over devices
+with ``jax.jit`` shardings (``ppl.workflow.sharding``; docs/multi_device.md); estimates are those of one device for
+the same keys. ``lower_fit`` gives the compiled step for inspection.
+
 Sharp edges:
     * A Python float (``0.0``) in ``args`` is a constant, not a parameter: write ``jnp.asarray(0.0)``. Float data
       passed in ``args`` *is* trained unless frozen with ``trainable=``. A run with nothing to train is an error.
@@ -56,6 +62,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from .sharding import Layout, check_data, make_layout, minibatch, processes_agree, processes_sync
 
 CHECKPOINT_FILE = "fit_checkpoint.npz"
 _FORMAT = 1
@@ -179,24 +187,39 @@ def _finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _make_chunk(objective: Any, part: Partition, optimizer: Any, num_particles: int) -> Callable:
+def _make_chunk(
+    objective: Any,
+    part: Partition,
+    optimizer: Any,
+    num_particles: int,
+    layout: Layout | None = None,
+    with_data: bool = False,
+    batch_size: int | None = None,
+) -> Callable:
     extra = isinstance(optimizer, optax.GradientTransformationExtraArgs)
+    pin = (lambda x: x) if layout is None else (lambda x: layout.constrain(x, layout.particles))  # noqa: E731
 
-    def estimate(k, params, frozen):
+    def estimate(k, params, frozen, batch):
         args = part.merge(params, frozen)
-        value, grads = objective.value_and_grad_estimate(k, *args)
-        grads = (grads,) if len(args) == 1 else grads
+        if with_data:  # the minibatch is the objective's extra argument; its gradient is dropped (dead code in XLA)
+            value, grads = objective.value_and_grad_estimate(k, *args, batch)
+            grads = grads[:-1]
+        else:
+            value, grads = objective.value_and_grad_estimate(k, *args)
+            grads = (grads,) if len(args) == 1 else grads
         pairs = zip(part.train_leaves(grads), part.train_leaves(params), strict=True)
         g = [jnp.zeros_like(p) if x is None else x for x, p in pairs]
         return value, part.tree(g)
 
-    def one_step(carry, step, key, frozen):
+    def one_step(carry, step, key, frozen, data):
         params, opt_state = carry
         k = jax.random.fold_in(key, step)
+        batch = minibatch(k, data, batch_size, layout) if with_data else None
         if num_particles == 1:
-            value, grads = estimate(k, params, frozen)
+            value, grads = estimate(k, params, frozen, batch)
         else:
-            vs, gs = jax.vmap(estimate, (0, None, None))(jax.random.split(k, num_particles), params, frozen)
+            keys = pin(jax.random.split(k, num_particles))
+            vs, gs = pin(jax.vmap(estimate, (0, None, None, None))(keys, params, frozen, batch))
             value, grads = jnp.mean(vs, 0), jax.tree_util.tree_map(lambda g: jnp.mean(g, 0), gs)
         neg = jax.tree_util.tree_map(jnp.negative, grads)
         if extra:
@@ -210,12 +233,16 @@ def _make_chunk(objective: Any, part: Partition, optimizer: Any, num_particles: 
         opt_state = jax.tree_util.tree_map(keep, new_state, opt_state)
         return (params, opt_state), (value, ~ok)
 
-    def chunk(params, opt_state, frozen, key, start, length):
+    def chunk(params, opt_state, frozen, key, start, data, length):
         steps = start + jnp.arange(length, dtype=jnp.int32)
-        body = lambda c, s: one_step(c, s, key, frozen)  # noqa: E731
+        body = lambda c, s: one_step(c, s, key, frozen, data)  # noqa: E731
         return jax.lax.scan(body, (params, opt_state), steps)
 
-    return jax.jit(chunk, static_argnums=(5,))
+    if layout is None:
+        return jax.jit(chunk, static_argnums=(6,))
+    rep = layout.replicated
+    data_sharding = layout.data if batch_size is None else rep  # minibatches gather from a replicated data set
+    return jax.jit(chunk, static_argnums=(6,), in_shardings=(rep,) * 5 + (data_sharding,), out_shardings=rep)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -260,7 +287,7 @@ def _load_leaves(data: Any, name: str, template: Any) -> Any:
 def _load(path: str, meta: dict[str, Any], params: Any, opt_state: Any):
     with np.load(path) as data:
         saved = json.loads(str(data["meta"]))
-        for what in ("params", "opt_state", "key", "num_particles"):
+        for what in ("params", "opt_state", "key", "num_particles", "data", "batch_size"):
             if saved.get(what) != meta[what]:
                 raise ValueError(
                     f"fit: the checkpoint {path} was written for a different run ({what} differ: saved "
@@ -279,6 +306,57 @@ def _load(path: str, meta: dict[str, Any], params: Any, opt_state: Any):
 # ---------------------------------------------------------------------------------------------- fit
 
 
+@dataclass
+class _Setup:
+    """What a run needs before its first chunk: the partition, the initial state (placed), the jitted chunk."""
+
+    part: Partition
+    params: Any
+    opt_state: Any
+    frozen: list[Any]
+    key: jax.Array
+    data: Any
+    layout: Layout | None
+    chunk: Callable
+    meta: dict[str, Any]
+
+
+def _setup(objective, args_t, optimizer, key, num_particles, trainable, devices, data, batch_size) -> _Setup:
+    if not (isinstance(num_particles, int) and num_particles >= 1):
+        raise ValueError(f"fit: num_particles must be a positive int, got {num_particles!r}")
+    if not hasattr(objective, "value_and_grad_estimate"):
+        raise TypeError(
+            f"fit: {objective!r} is not an expectation (use @ppl.expectation or an objective like ppl.elbo)"
+        )
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(f"fit: optimizer={optimizer!r} is not an optax gradient transformation")
+    key = as_key(key)
+    part = Partition.of(args_t, trainable)
+    if not part.train:
+        raise ValueError(
+            "fit: nothing to train: no floating-point array leaf in args (a Python float is a constant; write "
+            "jnp.asarray(0.0) for a parameter)"
+        )
+    num_rows = check_data(data, batch_size)
+    layout = make_layout(devices, num_particles, batch_size or num_rows)
+    params, frozen = part.params(), part.frozen_leaves()
+    opt_state = optimizer.init(params)
+    meta = {
+        "format": _FORMAT,
+        "params": _signature(params),
+        "opt_state": _signature(opt_state),
+        "key": _key_data(key),
+        "num_particles": num_particles,
+        "data": None if data is None else _signature(data),
+        "batch_size": batch_size,
+    }
+    if layout is not None:
+        params, opt_state, frozen, key = layout.put((params, opt_state, frozen, key), layout.replicated)
+        data = layout.put(data, layout.data if batch_size is None else layout.replicated)
+    chunk = _make_chunk(objective, part, optimizer, num_particles, layout, data is not None, batch_size)
+    return _Setup(part, params, opt_state, frozen, key, data, layout, chunk, meta)
+
+
 def fit(
     objective: Any,
     args: Any,
@@ -291,6 +369,9 @@ def fit(
     checkpoint: str | os.PathLike[str] | None = None,
     chunk_size: int = 100,
     trainable: Any = None,
+    data: Any = None,
+    batch_size: int | None = None,
+    devices: Any = None,
 ) -> FitResult:
     """Maximize ``E[objective](*args)`` by stochastic gradient ascent with an optax ``optimizer``.
 
@@ -307,44 +388,32 @@ def fit(
         checkpoint: a directory; the state is saved there after every chunk and a rerun resumes from it exactly.
         chunk_size: steps per jitted ``lax.scan`` (chunk boundaries are multiples of it, counted from step 0).
         trainable: optional pytree prefix of ``args`` of booleans; ``False`` freezes that part.
+        data: optional pytree (a mapping of observed addresses, for the library objectives) of arrays with a
+            leading data-set axis; each step passes a minibatch of it as the objective's extra last argument
+            (``objective(*args, batch)``; ``ppl.elbo`` & co. take it as ``obs``). Never trained or differentiated.
+        batch_size: rows per step, drawn uniformly with replacement with ``fold_in(fold_in(key, i), 2**32 - 1)``;
+            ``None`` passes all of ``data`` every step.
+        devices: shard each step over devices (``ppl.workflow.sharding``): ``None`` (one device), ``"all"``
+            (``jax.devices()``, every host's in a multi-host run), a device count, a list of devices, or a
+            ``jax.sharding.Mesh`` with axes ``"particles"`` and/or ``"data"``. Same keys, same estimates.
     """
     t0 = time.perf_counter()
     args_t, bare = as_args(args)
     if not (isinstance(num_steps, int) and num_steps >= 0):
         raise ValueError(f"fit: num_steps must be a non-negative int, got {num_steps!r}")
-    if not (isinstance(num_particles, int) and num_particles >= 1):
-        raise ValueError(f"fit: num_particles must be a positive int, got {num_particles!r}")
     if not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ValueError(f"fit: chunk_size must be a positive int, got {chunk_size!r}")
-    if not hasattr(objective, "value_and_grad_estimate"):
-        raise TypeError(
-            f"fit: {objective!r} is not an expectation (use @ppl.expectation or an objective like ppl.elbo)"
-        )
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-        raise TypeError(f"fit: optimizer={optimizer!r} is not an optax gradient transformation")
-    key = as_key(key)
-    part = Partition.of(args_t, trainable)
-    if not part.train:
-        raise ValueError(
-            "fit: nothing to train: no floating-point array leaf in args (a Python float is a constant; write "
-            "jnp.asarray(0.0) for a parameter)"
-        )
-    params, frozen = part.params(), part.frozen_leaves()
-    opt_state = optimizer.init(params)
+    st = _setup(objective, args_t, optimizer, key, num_particles, trainable, devices, data, batch_size)
+    params, opt_state, meta = st.params, st.opt_state, st.meta
     values = np.full(num_steps, np.nan)  # float64 holds float32 estimates exactly
     skipped = np.zeros(num_steps, dtype=bool)
 
     path, start = None, 0
-    meta = {
-        "format": _FORMAT,
-        "params": _signature(params),
-        "opt_state": _signature(opt_state),
-        "key": _key_data(key),
-        "num_particles": num_particles,
-    }
+    writer = jax.process_index() == 0  # multi-host: one process writes, every process reads
     if checkpoint is not None:
         os.makedirs(checkpoint, exist_ok=True)
         path = os.path.join(os.fspath(checkpoint), CHECKPOINT_FILE)
+        processes_sync("ppl.fit: before reading the checkpoint")  # multi-host: the writer has finished
         if os.path.exists(path):
             start, params, opt_state, v, s = _load(path, meta, params, opt_state)
             if start > num_steps:
@@ -353,18 +422,22 @@ def fit(
                     f"{start} steps or delete it"
                 )
             values[:start], skipped[:start] = v, s
+            if st.layout is not None:
+                params, opt_state = st.layout.put((params, opt_state), st.layout.replicated)
+        processes_agree(start, f"fit: the processes found the checkpoint {path} at different steps (not shared?)")
 
-    chunk = _make_chunk(objective, part, optimizer, num_particles)
-    quiet = not progress or bool(os.environ.get("CI"))
+    quiet = not progress or bool(os.environ.get("CI")) or not writer
     bar = _progress(num_steps, start, getattr(objective, "__name__", "fit"), quiet)
     step = start
     try:
         while step < num_steps:
             end = min((step // chunk_size + 1) * chunk_size, num_steps)
-            (params, opt_state), (v, s) = chunk(params, opt_state, frozen, key, jnp.int32(step), end - step)
+            (params, opt_state), (v, s) = st.chunk(
+                params, opt_state, st.frozen, st.key, jnp.int32(step), st.data, end - step
+            )
             values[step:end], skipped[step:end] = np.asarray(v), np.asarray(s)
             step = end
-            if path is not None:
+            if path is not None and writer:
                 _save(path, {**meta, "step": step}, params, opt_state, values[:step], skipped[:step])
             if bar is not None:
                 recent = values[max(start, step - chunk_size) : step]
@@ -378,7 +451,7 @@ def fit(
         if bar is not None:
             bar.close()
 
-    out = part.merge(params, frozen)
+    out = st.part.merge(params, st.frozen)
     return FitResult(
         args=out[0] if bare else out,
         values=values,
@@ -389,6 +462,26 @@ def fit(
         resumed_from=start,
         wall_time=time.perf_counter() - t0,
     )
+
+
+def lower_fit(
+    objective: Any,
+    args: Any,
+    *,
+    optimizer: optax.GradientTransformation,
+    key: Any,
+    num_particles: int = 1,
+    trainable: Any = None,
+    data: Any = None,
+    batch_size: int | None = None,
+    devices: Any = None,
+    chunk_size: int = 1,
+) -> jax.stages.Lowered:
+    """The jitted chunk of ``chunk_size`` steps that ``fit`` would run, lowered (not run), for inspection:
+    ``lower_fit(...).compile().as_text()`` is the compiled program, with its cross-device collectives
+    (``ppl.workflow.sharding.collectives``)."""
+    st = _setup(objective, as_args(args)[0], optimizer, key, num_particles, trainable, devices, data, batch_size)
+    return st.chunk.lower(st.params, st.opt_state, st.frozen, st.key, jnp.int32(0), st.data, chunk_size)
 
 
 def _progress(total: int, initial: int, desc: str, quiet: bool) -> Any:
