@@ -28,7 +28,7 @@ What the script shows:
    at the fitted guide (the ranking can change as the guide sharpens), and the figure
    ``OUT/mixture_estimators.png`` (``ppl.compare_estimators(..., plot=...)``).
 
-Run ``python examples/mixture.py`` (about two minutes on 2 CPU cores) or ``--quick`` (CI, < 30 s: 1,000 gradient
+Run ``python examples/mixture.py`` (about a minute on 2 CPU cores) or ``--quick`` (CI, < 30 s: 1,000 gradient
 estimates per assignment, one 600-step fit, no figure). Most of the quick run is XLA compilation (a few seconds per
 assignment).
 """
