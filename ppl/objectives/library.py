@@ -122,7 +122,8 @@ def vimco(model: Any, guide: Any, data: Mapping[str, Any], K: int, *, strategies
 def dreg_iwae(model: Any, guide: Any, data: Mapping[str, Any], K: int, *, strategies=None) -> Expectation:
     """IWAE with doubly reparameterized gradients for the guide (Tucker et al. 2019); ``K = 1`` is STL.
 
-    Same value and same expected gradient as ``iwae``; lower variance for the guide's parameters.
+    Same value and same expected gradient as ``iwae``; usually lower variance for the guide's parameters (near
+    the posterior or with larger ``K``; far from it, measure with ``compare_estimators``).
     """
 
     @expectation
