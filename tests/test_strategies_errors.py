@@ -44,6 +44,13 @@ CHECKS = [
         r"enum at 'flip'.*batch shape \(3,\).*own address",
     ),
     ("mvd-batched", ppl.mvd, lambda t: dist.Bernoulli(logits=jnp.full(3, t)), r"mvd at 'flip'.*batch shape"),
+    (
+        "enum-to-event",
+        ppl.enum,
+        lambda t: dist.Bernoulli(logits=jnp.full(3, t)).to_event(1),
+        r"enum at 'flip'.*batch shape \(3,\).*own address",
+    ),
+    ("mvd-to-event", ppl.mvd, lambda t: dist.Bernoulli(logits=jnp.full(3, t)).to_event(1), r"mvd at 'flip'.*batch"),
 ]
 
 

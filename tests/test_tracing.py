@@ -337,6 +337,23 @@ def test_generate_weight_is_constrained_log_density_plus_factors():
     np.testing.assert_allclose(gen_model.assess(tr.choices)[0], tr.score, rtol=RTOL)
 
 
+def test_observed_value_is_scored_as_given_not_cast_to_the_sample_dtype():
+    """A Bernoulli observed at 0.7 (soft pixels) is scored like NumPyro scores it, not rounded to the int 0 first;
+    the program goes on with a value of the site's own dtype."""
+
+    @ppl.gen
+    def soft(logit):
+        x = ppl.sample("x", dist.Bernoulli(logits=logit))
+        return x
+
+    for obs in (0.7, jnp.asarray(0.7)):
+        tr, w = soft.generate(KEY, {"x": obs}, 0.4)
+        np.testing.assert_allclose(w, dist.Bernoulli(logits=0.4).log_prob(0.7), rtol=RTOL)
+        assert tr.retval.dtype == dist.Bernoulli(logits=0.4).sample(KEY).dtype
+        np.testing.assert_allclose(soft.assess({"x": obs}, 0.4)[0], w, rtol=RTOL)
+    assert not np.isclose(w, dist.Bernoulli(logits=0.4).log_prob(0))
+
+
 def test_generate_draws_unconstrained_sites_from_the_program():
     constraints = {"sigma": jnp.asarray(0.7), "y": jnp.asarray(1.3)}
     keys = jax.random.split(KEY, 2000)

@@ -58,7 +58,8 @@ def log_prob(d: nd.Distribution, x: Any) -> Any:
     by 0.5 under current JAX; we use ``x·l − softplus(l)``, the same log mass function, smooth everywhere (with
     :func:`_softplus`, bit-identical to ``jax.nn.softplus`` in value and cheaper to differentiate).
     ``BinomialLogits.log_prob`` has the same kink (``n·clip(l, 0) + n·log1p(exp(−|l|))``: off by ``n/2`` at
-    ``logits == 0``); we use ``log C(n, x) + x·l − n·softplus(l)``. ``Expanded``/``Independent``/``Masked``
+    ``logits == 0``); we use ``log C(n, x) + x·l − n·softplus(l)``. Off the support both are ``-inf`` (when the
+    distribution validates its arguments, NumPyro's default), as in NumPyro. ``Expanded``/``Independent``/``Masked``
     wrappers (what ``numpyro.plate`` and ``.to_event`` make) around them are looked through.
     """
     if not _patched(d):
@@ -71,12 +72,17 @@ def log_prob(d: nd.Distribution, x: Any) -> Any:
     if isinstance(d, nd.MaskedDistribution):
         return jnp.where(d._mask, log_prob(d.base_dist, x), 0.0)
     if isinstance(d, nd.BernoulliLogits):
-        return x * d.logits - _softplus(d.logits)
+        return _off_support(d, x, x * d.logits - _softplus(d.logits))
     if isinstance(d, nd.BinomialLogits):
         n = jnp.asarray(d.total_count, jnp.result_type(float))
         log_binom = gammaln(n + 1) - gammaln(x + 1) - gammaln(n - x + 1)
-        return log_binom + x * d.logits - n * _softplus(d.logits)
+        return _off_support(d, x, log_binom + x * d.logits - n * _softplus(d.logits))
     return d.log_prob(x)
+
+
+def _off_support(d: nd.Distribution, x: Any, lp: Any) -> Any:
+    """``-inf`` outside the support, as NumPyro's ``validate_sample`` does when the distribution validates."""
+    return jnp.where(d._validate_sample(x), lp, -jnp.inf) if d._validate_args else lp
 
 
 def _softplus(x: Any) -> Any:

@@ -20,6 +20,7 @@ Sharp edges:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -48,13 +49,20 @@ class DistSpec:
     treedef: Any
     num_leaves: int
     batch: tuple[tuple[int, tuple[int | None, ...]], ...] = ()
+    validate: bool = False  # the distribution's ``validate_args`` (NumPyro's pytree unflattening drops it)
 
     @property
     def name(self) -> str:
         return _dist_name(self.treedef)
 
     def unflatten(self, leaves: Sequence[Any]) -> nd.Distribution:
-        return jax.tree_util.tree_unflatten(self.treedef, list(leaves))
+        d = jax.tree_util.tree_unflatten(self.treedef, list(leaves))
+        if self.validate:  # off-support values score -inf, as in NumPyro
+            inner = d
+            while isinstance(inner, nd.Distribution):
+                inner._validate_args = True
+                inner = getattr(inner, "base_dist", None)
+        return d
 
     def __repr__(self) -> str:
         sizes = "".join(f"[vmap {n}]" for n, _ in reversed(self.batch))
@@ -193,7 +201,7 @@ def _sample_abstract_eval(*avals, addr, dist, strategy):
 def _sample_batch(prim):
     def rule(args, dims, *, addr, dist, strategy):
         size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not NOT_MAPPED)
-        spec = DistSpec(dist.treedef, dist.num_leaves, dist.batch + ((size, tuple(dims)),))
+        spec = dataclasses.replace(dist, batch=dist.batch + ((size, tuple(dims)),))
         return prim.bind(*args, addr=addr, dist=spec, strategy=strategy), 0
 
     return rule
@@ -265,7 +273,7 @@ def sample(addr: str, d: Any, strategy: Strategy | None = None) -> jax.Array:
         )
     dleaves, dtree = jax.tree_util.tree_flatten(d)
     sleaves, stree = jax.tree_util.tree_flatten(strategy)
-    spec = DistSpec(dtree, len(dleaves))
+    spec = DistSpec(dtree, len(dleaves), validate=bool(getattr(d, "_validate_args", False)))
     return sample_p.bind(*dleaves, *sleaves, addr=_prefix() + addr, dist=spec, strategy=StrategySpec(stree))
 
 

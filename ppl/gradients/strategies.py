@@ -156,15 +156,21 @@ def baseline(b: Any) -> Reinforce:
     return Reinforce(b)
 
 
+def _batch_shape(d):
+    """The batch shape, looking through ``.to_event(n)`` (NumPyro cannot enumerate an ``Independent``)."""
+    return d.base_dist.batch_shape if isinstance(d, nd.Independent) else d.batch_shape
+
+
 def _finite_support(d, addr, who):
     if not d.has_enumerate_support:
         raise StrategyError(
             f"{who} at {addr!r}: {type(d).__name__} has no finite support to enumerate (continuous or infinite "
             "support); use reparam, reinforce or mvd"
         )
-    if d.batch_shape != ():
+    batch = _batch_shape(d)
+    if batch != ():
         raise StrategyError(
-            f"{who} at {addr!r}: the distribution has batch shape {d.batch_shape}; enumerating it jointly costs "
+            f"{who} at {addr!r}: the distribution has batch shape {batch}; enumerating it jointly costs "
             "|support|^n continuation calls. Sample each component at its own address (or use reinforce)"
         )
 
@@ -210,13 +216,13 @@ class MVD(_Base):
     multi_call = True
 
     def check(self, d, addr):
+        if _batch_shape(d) != ():
+            raise StrategyError(f"mvd at {addr!r}: batch shape {_batch_shape(d)}; sample each component separately")
         if not isinstance(d, _MVD + _GEOMETRIC):
             raise StrategyError(
                 f"mvd at {addr!r}: no measure-valued derivative for {type(d).__name__}; mvd covers Bernoulli, "
                 "Categorical, Poisson and Geometric (use enum or reinforce)"
             )
-        if d.batch_shape != ():
-            raise StrategyError(f"mvd at {addr!r}: batch shape {d.batch_shape}; sample each component separately")
 
     def jvp_estimate(self, key, d, k):
         k1, k2 = jax.random.split(key)

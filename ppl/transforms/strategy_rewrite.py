@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jax
 
 from ..core.interpreter import Interpretation, PPLError, RuleTable, State, addresses, control_flow_rules, rebind, run
-from ..core.primitives import DistSpec, Site, StrategySpec, cost_p, factor_p, sample_p
+from ..core.primitives import Site, StrategySpec, cost_p, factor_p, sample_p
 from ..core.staging import Staged
 from ..gradients.base import Strategy
 
@@ -42,7 +42,7 @@ def _set_strategy(interp, state, eqn, invals):
     sleaves, stree = jax.tree_util.tree_flatten(new)
     spec = site.spec
     batch = tuple((n, axes[: spec.num_leaves] + (None,) * len(sleaves)) for n, axes in spec.batch)
-    spec = DistSpec(spec.treedef, spec.num_leaves, batch)
+    spec = replace(spec, batch=batch)
     x = sample_p.bind(*site.dist_leaves, *sleaves, addr=site.addr, dist=spec, strategy=StrategySpec(stree))
     return [x], state
 

@@ -76,8 +76,9 @@ def _tracing_sample(interp, state, eqn, invals):
     key, state = state.next_key()
     dtype = eqn.outvars[0].aval.dtype
     if site.addr in interp.constraints:
-        x = jnp.asarray(interp.constraints[site.addr], dtype)
-        lp = site.log_prob(x)
+        observed = jnp.asarray(interp.constraints[site.addr])
+        lp = site.log_prob(observed)  # scored as given (a Bernoulli observed at 0.7 is not rounded to 0)
+        x = observed.astype(dtype)  # the program continues with a value of the site's type
         state = state.add("weight", lp)
     else:
         if site.addr in interp.fixed:
