@@ -12,10 +12,11 @@ one hidden layer of 200 units)::
     guide(enc, x):      z ~ Normal(μ(x), σ(x))                 amortized: the encoder reads the digits
 
 Objectives. ``fit(objective, (dec, enc), data=train_images, batch_size=100)`` passes each step's minibatch to the
-objective as its last argument. The guide is *amortized* — its argument is the minibatch itself — while the library's
-``ppl.elbo(model, guide, data)`` feeds a minibatch (``obs``) to the model only, and dynamic binarization is a random
-choice of its own; so the training objective is ``ppl.elbo``'s three-line program written out, with a ``detach``
-Bernoulli site in front (a fresh binarization per step, no gradient: its parameters are data)::
+objective as its last argument. The guide is *amortized* — its argument is the minibatch itself
+(``ppl.elbo(model, guide, data, guide_inputs=lambda d: d["x"])`` would hand it over) — but dynamic binarization is a
+random choice of its own, drawn before the guide sees the digits; so the training objective is ``ppl.elbo``'s
+three-line program written out, with a ``detach`` Bernoulli site in front (a fresh binarization per step, no gradient:
+its parameters are data)::
 
     @ppl.expectation
     def elbo_objective(dec, enc, batch):

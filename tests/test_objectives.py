@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
+import optax
 import pytest
 from jax.scipy.special import logsumexp
 
@@ -466,3 +467,76 @@ def test_eager_jit_and_vmap_agree_key_for_key(name):
     np.testing.assert_allclose(np.asarray(gme, np.float64), [g[i] for g in gm], **tol)
     np.testing.assert_allclose(np.asarray(gqe, np.float64), [g[i] for g in gq], **tol)
     np.testing.assert_allclose(float(OBJ[name].estimate(key, margs, gargs)), v[i], **tol)
+
+
+# ---------------------------------------------------------------------------------------------- amortized guides
+
+
+@ppl.gen
+def amortized_guide(shift, sd, x):
+    """An "encoder": the guide's mean is a function of the observations it is given."""
+    ppl.sample("z", dist.Normal(jnp.mean(x) + shift, sd))
+
+
+AMORTIZED = {
+    "elbo": lambda g, **kw: ppl.elbo(model, g, DATA, **kw),
+    "iwae": lambda g, **kw: ppl.iwae(model, g, DATA, 3, **kw),
+    "renyi": lambda g, **kw: ppl.renyi(model, g, DATA, 3, 0.5, **kw),
+    "dreg_iwae": lambda g, **kw: ppl.dreg_iwae(model, g, DATA, 3, **kw),
+    "vimco": lambda g, **kw: ppl.vimco(model, g, DATA, 3, **kw),
+    "p_wake": lambda g, **kw: ppl.p_wake(model, g, DATA, 3, **kw),
+    "q_wake": lambda g, **kw: ppl.q_wake(model, g, DATA, 3, **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AMORTIZED))
+def test_guide_inputs_feed_the_observations_of_the_call_to_the_guide(name):
+    """``guide_inputs=f`` calls ``guide(*guide_args, *f(obs))`` with the observations of *this* call (the
+    constructor's data, or the ``obs`` minibatch): key for key the estimate of a guide given those inputs by hand."""
+    make = AMORTIZED[name]
+    amortized = make(amortized_guide, guide_inputs=lambda d: d["x"])
+    shift, sd = 0.1, 0.6
+    for obs in (None, {"x": XS[::-1] + 1.0}):
+        x = XS if obs is None else obs["x"]
+        by_hand = make(amortized_guide)
+        for key in keys(3, 21):
+            va, (gma, gqa, *_) = amortized.value_and_grad_estimate(key, (M0,), (shift, sd), obs)
+            vh, (gmh, gqh, *_) = by_hand.value_and_grad_estimate(key, (M0,), (shift, sd, x), obs)
+            np.testing.assert_allclose(float(va), float(vh), rtol=1e-6)
+            np.testing.assert_allclose(np.asarray(gqa), np.asarray(gqh[:2]), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(np.asarray(gma), np.asarray(gmh), rtol=1e-5, atol=1e-6)
+    # the observations matter: another minibatch gives another estimate for the same key
+    k = keys(1, 22)[0]
+    v_data = amortized.estimate(k, (M0,), (shift, sd))
+    v_other = amortized.estimate(k, (M0,), (shift, sd), {"x": XS + 1.0})
+    assert not np.isclose(float(v_data), float(v_other))
+
+
+def test_guide_inputs_reach_the_guide_through_fit_minibatches():
+    """``fit(data=, batch_size=)`` passes each minibatch as ``obs``; with ``guide_inputs`` the encoder sees it. One
+    scalar observation per datapoint, ``z_i ~ N(0, 1)``, ``x_i ~ N(z_i, 1)``: the optimal encoder is
+    ``q(z | x) = N(x / 2, 1/√2)``, so the learned slope goes to 1/2."""
+
+    @ppl.gen
+    def per_point_model(n):
+        z = ppl.sample("z", dist.Normal(jnp.zeros(n), 1.0).to_event(1))
+        ppl.sample("x", dist.Normal(z, 1.0).to_event(1))
+
+    @ppl.gen
+    def encoder(slope, x):
+        ppl.sample("z", dist.Normal(slope * x, 0.7071).to_event(1))
+
+    xs = jax.random.normal(jax.random.key(3), (512,)) * jnp.sqrt(2.0)
+    obj = ppl.elbo(per_point_model, encoder, {"x": xs}, guide_inputs=lambda d: d["x"])
+    res = ppl.fit(
+        obj,
+        (32, jnp.asarray(0.0)),
+        data={"x": xs},
+        batch_size=32,
+        num_steps=400,
+        optimizer=optax.adam(optax.linear_schedule(0.05, 0.002, 400)),
+        trainable=(False, True),
+        key=jax.random.key(4),
+    )
+    slope = float(res.args[1])
+    assert abs(slope - 0.5) < 0.05, slope

@@ -4,6 +4,9 @@ Each constructor returns an :class:`~ppl.Expectation` taking ``(model_args, guid
 arguments; a non-tuple is one argument) and, optionally, ``data`` (overriding the observations given at
 construction, e.g. a minibatch). Each returns the quantity to **maximize**. ``strategies={glob: strategy}`` sets
 gradient strategies by address for every random choice of the objective (the guide's, and the model's if it samples).
+``guide_inputs=f`` makes the guide *amortized*: it is called as ``guide(*guide_args, *f(observations))`` with the
+observations of the call (the minibatch ``obs`` when given, so ``ppl.fit(..., data=, batch_size=)`` reaches the
+encoder), e.g. ``ppl.elbo(model, encoder, {"x": x}, guide_inputs=lambda d: d["x"])``.
 
 >>> import jax, numpyro.distributions as dist, ppl
 >>> model = ppl.gen(lambda: ppl.sample("x", dist.Normal(ppl.sample("z", dist.Normal(0.0, 1.0)), 1.0)))
@@ -22,7 +25,7 @@ Sharp edges:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -36,9 +39,22 @@ from ..transforms.strategy_rewrite import with_strategies
 from ..transforms.tracing import density, sim
 from ..transforms.vectorize import vmap
 
+GuideInputs = Callable[[Mapping[str, Any]], Any]
+"""``guide_inputs(observations)``: extra positional arguments for an amortized guide (a value or a tuple)."""
+
 
 def _tuple(a: Any) -> tuple[Any, ...]:
     return a if isinstance(a, tuple) else (a,)
+
+
+def _resolve(data, obs, model_args, guide_args, guide_inputs):
+    """``(observations, model args, guide args)`` of one call: ``obs`` (a minibatch) overrides ``data``; an amortized
+    guide gets ``guide_inputs(observations)`` appended to its arguments."""
+    d = data if obs is None else obs
+    gargs = _tuple(guide_args)
+    if guide_inputs is not None:
+        gargs = gargs + _tuple(guide_inputs(d))
+    return d, _tuple(model_args), gargs
 
 
 def _declare(obj: Expectation, strategies: Mapping[str, Strategy] | None) -> Expectation:
@@ -55,42 +71,63 @@ def _log_weights(model, guide, data, model_args, guide_args, K):
     return vmap(particle, axis_size=K)()
 
 
-def elbo(model: Any, guide: Any, data: Mapping[str, Any], *, strategies: Mapping[str, Strategy] | None = None):
+def elbo(
+    model: Any,
+    guide: Any,
+    data: Mapping[str, Any],
+    *,
+    strategies: Mapping[str, Strategy] | None = None,
+    guide_inputs: GuideInputs | None = None,
+) -> Expectation:
     """``E_q[log p(x, z) − log q(z)]``. With an estimated-density guide (``ppl.marginal``) this is HVI/IWHVI."""
 
     @expectation
     def elbo(model_args, guide_args, obs=None):
-        z, log_q = sim(guide, *_tuple(guide_args))
-        return density(model, {**z, **(data if obs is None else obs)}, *_tuple(model_args)) - log_q
+        d, margs, gargs = _resolve(data, obs, model_args, guide_args, guide_inputs)
+        z, log_q = sim(guide, *gargs)
+        return density(model, {**z, **d}, *margs) - log_q
 
     return _declare(elbo, strategies)
 
 
-def iwae(model: Any, guide: Any, data: Mapping[str, Any], K: int, *, strategies=None) -> Expectation:
+def iwae(
+    model: Any, guide: Any, data: Mapping[str, Any], K: int, *, strategies=None, guide_inputs: GuideInputs | None = None
+) -> Expectation:
     """``E[log (1/K) Σ_k p(x, z_k)/q(z_k)]`` (Burda et al. 2016); with ``ppl.marginal`` guides, DIWHVI."""
 
     @expectation
     def iwae(model_args, guide_args, obs=None):
-        w = _log_weights(model, guide, data if obs is None else obs, _tuple(model_args), _tuple(guide_args), K)
+        w = _log_weights(model, guide, *_resolve(data, obs, model_args, guide_args, guide_inputs), K)
         return logsumexp(w) - jnp.log(K)
 
     return _declare(iwae, strategies)
 
 
-def renyi(model: Any, guide: Any, data: Mapping[str, Any], K: int, alpha: float, *, strategies=None) -> Expectation:
+def renyi(
+    model: Any,
+    guide: Any,
+    data: Mapping[str, Any],
+    K: int,
+    alpha: float,
+    *,
+    strategies=None,
+    guide_inputs: GuideInputs | None = None,
+) -> Expectation:
     """Rényi's α variational bound (Li & Turner 2016): ``1/(1−α) · log (1/K) Σ_k w_k^{1−α}``, α ≠ 1."""
     if alpha == 1.0:
         raise ValueError("renyi: alpha = 1 is the ELBO; use ppl.elbo")
 
     @expectation
     def renyi(model_args, guide_args, obs=None):
-        w = _log_weights(model, guide, data if obs is None else obs, _tuple(model_args), _tuple(guide_args), K)
+        w = _log_weights(model, guide, *_resolve(data, obs, model_args, guide_args, guide_inputs), K)
         return (logsumexp((1.0 - alpha) * w) - jnp.log(K)) / (1.0 - alpha)
 
     return _declare(renyi, strategies)
 
 
-def vimco(model: Any, guide: Any, data: Mapping[str, Any], K: int, *, strategies=None) -> Expectation:
+def vimco(
+    model: Any, guide: Any, data: Mapping[str, Any], K: int, *, strategies=None, guide_inputs: GuideInputs | None = None
+) -> Expectation:
     """IWAE with VIMCO's per-particle leave-one-out control variates (Mnih & Rezende 2016), for discrete guides.
 
     Each particle's score term is multiplied by ``L − L_{−k}`` instead of ``L``, where ``L_{−k}`` replaces
@@ -102,11 +139,11 @@ def vimco(model: Any, guide: Any, data: Mapping[str, Any], K: int, *, strategies
 
     @expectation
     def vimco(model_args, guide_args, obs=None):
-        d = data if obs is None else obs
+        d, margs, gargs = _resolve(data, obs, model_args, guide_args, guide_inputs)
 
         def particle():
-            z, log_q = sim(guide, *_tuple(guide_args))
-            return density(model, {**z, **d}, *_tuple(model_args)) - log_q, log_q
+            z, log_q = sim(guide, *gargs)
+            return density(model, {**z, **d}, *margs) - log_q, log_q
 
         w, log_q = vmap(particle, axis_size=K)()
         L = logsumexp(w) - jnp.log(K)
@@ -119,7 +156,9 @@ def vimco(model: Any, guide: Any, data: Mapping[str, Any], K: int, *, strategies
     return _declare(vimco, strategies)
 
 
-def dreg_iwae(model: Any, guide: Any, data: Mapping[str, Any], K: int, *, strategies=None) -> Expectation:
+def dreg_iwae(
+    model: Any, guide: Any, data: Mapping[str, Any], K: int, *, strategies=None, guide_inputs: GuideInputs | None = None
+) -> Expectation:
     """IWAE with doubly reparameterized gradients for the guide (Tucker et al. 2019); ``K = 1`` is STL.
 
     Same value and same expected gradient as ``iwae``; usually lower variance for the guide's parameters (near
@@ -128,7 +167,7 @@ def dreg_iwae(model: Any, guide: Any, data: Mapping[str, Any], K: int, *, strate
 
     @expectation
     def dreg_iwae(model_args, guide_args, obs=None):
-        d, margs, gargs = data if obs is None else obs, _tuple(model_args), _tuple(guide_args)
+        d, margs, gargs = _resolve(data, obs, model_args, guide_args, guide_inputs)
         fixed_guide = jax.tree_util.tree_map(sg, gargs)
         fixed_model = jax.tree_util.tree_map(sg, margs)
 
@@ -148,17 +187,19 @@ def dreg_iwae(model: Any, guide: Any, data: Mapping[str, Any], K: int, *, strate
     return _declare(dreg_iwae, strategies)
 
 
-def p_wake(model: Any, guide: Any, data: Mapping[str, Any], N: int, *, strategies=None) -> Expectation:
+def p_wake(
+    model: Any, guide: Any, data: Mapping[str, Any], N: int, *, strategies=None, guide_inputs: GuideInputs | None = None
+) -> Expectation:
     """Reweighted wake-sleep, wake phase for the model: ``Σ_n w̄_n ∇θ log p(x, z_n)`` with ``z_n ~ q`` held fixed."""
     guide = with_strategies(guide, {"*": detach})
 
     @expectation
     def p_wake(model_args, guide_args, obs=None):
-        d = data if obs is None else obs
+        d, margs, gargs = _resolve(data, obs, model_args, guide_args, guide_inputs)
 
         def particle():
-            z, log_q = sim(guide, *jax.tree_util.tree_map(sg, _tuple(guide_args)))
-            return density(model, {**z, **d}, *_tuple(model_args)), log_q
+            z, log_q = sim(guide, *jax.tree_util.tree_map(sg, gargs))
+            return density(model, {**z, **d}, *margs), log_q
 
         log_p, log_q = vmap(particle, axis_size=N)()
         w = sg(log_p - log_q)
@@ -167,18 +208,20 @@ def p_wake(model: Any, guide: Any, data: Mapping[str, Any], N: int, *, strategie
     return _declare(p_wake, strategies)
 
 
-def q_wake(model: Any, guide: Any, data: Mapping[str, Any], N: int, *, strategies=None) -> Expectation:
+def q_wake(
+    model: Any, guide: Any, data: Mapping[str, Any], N: int, *, strategies=None, guide_inputs: GuideInputs | None = None
+) -> Expectation:
     """Reweighted wake-sleep, wake phase for the guide: ``Σ_n w̄_n ∇φ log q(z_n)`` with ``z_n ~ q`` held fixed
     (a self-normalized estimate of ``−∇φ KL(p(z|x) ‖ q)``)."""
     guide = with_strategies(guide, {"*": detach})
 
     @expectation
     def q_wake(model_args, guide_args, obs=None):
-        d = data if obs is None else obs
+        d, margs, gargs = _resolve(data, obs, model_args, guide_args, guide_inputs)
 
         def particle():
-            z, log_q = sim(guide, *_tuple(guide_args))
-            return density(model, {**z, **d}, *jax.tree_util.tree_map(sg, _tuple(model_args))), log_q
+            z, log_q = sim(guide, *gargs)
+            return density(model, {**z, **d}, *jax.tree_util.tree_map(sg, margs)), log_q
 
         log_p, log_q = vmap(particle, axis_size=N)()
         wn = jax.nn.softmax(sg(log_p - log_q))
