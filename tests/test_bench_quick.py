@@ -7,13 +7,12 @@ Timings are not asserted: a shared CI machine cannot say anything about them.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,17 +27,7 @@ needs_funsor = pytest.mark.skipif(
 
 
 def run_bench(name: str, timeout: float = 600.0) -> str:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / name), "--quick", "--tiny"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, f"{name} --quick --tiny exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    out = proc.stdout
+    out = run_script(f"bench/{name}", "--quick", "--tiny", timeout=timeout, ci=False)
     assert re.search(r"^jax: [\d.]+", out.replace(" | ", "\n"), re.MULTILINE), "the header prints the versions"
     assert "cpu:" in out and "cores:" in out, "the header prints the machine"
     return out

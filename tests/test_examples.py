@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM = r"[+-]?\d+\.\d+"
 
 
 def run_example(name: str, timeout: float = 600.0) -> str:
-    env = {**os.environ, "CI": "true", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / name), "--quick"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, f"{name} --quick exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+    return run_script(f"examples/{name}", "--quick", timeout=timeout)
 
 
 @pytest.fixture(scope="module")
