@@ -12,10 +12,10 @@ points in 1-D; assignment ``c_i ~ Categorical(uniform)``, ``x_i ~ Normal(mu[c_i]
   ``∇ log q(c)`` is a sum over all points and multiplies the *whole* ELBO, so each point's gradient carries the noise of
   the other ``N − 1`` points' terms (``ppl`` has no notion of a plate / conditional independence). ``enum``, ``mvd`` and
   ``leave_one_out`` at a batched site are an error (they would enumerate the product space).
-* **per-point estimator** — the ELBO of *one* point (a scalar site ``c``), with ``jax.vmap`` of its
-  ``value_and_grad_estimate`` over the points (the gradient of ``mu`` summed). Every strategy applies: ``reinforce``,
-  ``baseline``, ``leave_one_out(4)``, ``mvd``, ``enum`` (exact). This is the natural way to get per-datapoint
-  Rao-Blackwellization in ``ppl``.
+* **per-point estimator** — the ELBO of *one* point (a scalar site ``c``), summed over the points with
+  ``ppl.sum_over(per_point_elbo, in_axes=(None, 0, 0))`` (one estimator per point, independent keys). Every strategy
+  applies: ``reinforce``, ``baseline``, ``leave_one_out(4)``, ``mvd``, ``enum`` (exact). This is the way to get
+  per-datapoint Rao-Blackwellization in ``ppl``.
 
 The baselines are ``b = E_q[ELBO term]`` at the current parameters (computed once by enumeration): what a running
 average of the objective converges to.
@@ -115,27 +115,21 @@ def guide_one_baseline(logits, b):
 
 
 def ppl_per_point(strategy, b_points):
-    """``jax.vmap`` of one point's ELBO estimator over the points; ``mu``'s gradient summed."""
+    """``ppl.sum_over`` of one point's ELBO: the sum of per-point estimators, one key per point."""
     if strategy == "baseline":
-        obj = ppl.elbo(model_one, guide_one_baseline, {"x": 0.0})
+        obj = ppl.sum_over(ppl.elbo(model_one, guide_one_baseline, {"x": 0.0}), in_axes=(None, 0, 0))
 
-        def one(key, mu, logits, x, b):
-            v, (gm, (gl, _), _) = obj.value_and_grad_estimate(key, mu, (logits, b), {"x": x})
-            return v, gm, gl
+        def grad(key, mu, logits, x):
+            v, (gm, (gl, _), _) = obj.value_and_grad_estimate(key, mu, (logits, b_points), {"x": x})
+            return v, (gm, gl)
 
-    else:
-        s = {"reinforce": ppl.reinforce, "leave_one_out(4)": ppl.leave_one_out(4), "mvd": ppl.mvd,
-             "enum": ppl.enum}[strategy]
-        obj = ppl.elbo(model_one, guide_one, {"x": 0.0}, strategies={"c": s})
-
-        def one(key, mu, logits, x, b):
-            v, (gm, gl, _) = obj.value_and_grad_estimate(key, mu, logits, {"x": x})
-            return v, gm, gl
+        return grad
+    s = {"reinforce": ppl.reinforce, "leave_one_out(4)": ppl.leave_one_out(4), "mvd": ppl.mvd, "enum": ppl.enum}
+    obj = ppl.sum_over(ppl.elbo(model_one, guide_one, {"x": 0.0}, strategies={"c": s[strategy]}), in_axes=(None, 0, 0))
 
     def grad(key, mu, logits, x):
-        keys = jax.random.split(key, x.shape[0])
-        v, gm, gl = jax.vmap(one, in_axes=(0, None, 0, 0, 0))(keys, mu, logits, x, b_points)
-        return jnp.sum(v), (jnp.sum(gm, axis=0), gl)
+        v, (gm, gl, _) = obj.value_and_grad_estimate(key, mu, logits, {"x": x})
+        return v, (gm, gl)
 
     return grad
 
@@ -287,7 +281,7 @@ def support_table(x, mu, logits, straight_sizes=(4, 8)):
             attempt(f"{m} sites `c0..c{m - 1}` in straight-line code (3^{m} = {3**m} paths)", name,
                     lambda obj=obj, m=m: jax.jit(obj.value_and_grad_estimate)(key, mu, logits[:m]))
     for name, s in strategies.items():
-        attempt("per-point estimator, `jax.vmap` over points", name,
+        attempt("per-point estimator, `ppl.sum_over` over points", name,
                 lambda s=s, name=name: jax.jit(ppl_per_point(name, jnp.zeros(n)))(key, mu, lg, xs))
     return rows
 

@@ -22,7 +22,7 @@ from .gradients import (
 )
 from .interop import from_numpyro
 from .objectives import SIR, Marginal, dreg_iwae, elbo, iwae, marginal, p_wake, q_wake, renyi, sir, vimco
-from .transforms.adev import Expectation, expectation
+from .transforms.adev import Expectation, SumOver, expectation, sum_over
 from .transforms.strategy_rewrite import with_strategies
 from .transforms.tracing import GenFn, Trace, density, gen, seed, sim
 from .transforms.vectorize import vmap
@@ -44,6 +44,8 @@ __all__ = [
     "sim",
     "density",
     "expectation",
+    "sum_over",
+    "SumOver",
     "Expectation",
     "with_strategies",
     "Strategy",

@@ -70,8 +70,11 @@ def with_strategies(f: Any, strategies: Mapping[str, Strategy], default: Strateg
 
     Works on ``GenFn``s, ``Expectation``s and plain functions, and returns the same kind.
     """
-    from .adev import Expectation
+    from .adev import Expectation, SumOver
     from .tracing import GenFn
+
+    if isinstance(f, SumOver):
+        return SumOver(with_strategies(f.inner, strategies, default), f.in_axes)
 
     for pat, s in strategies.items():
         if not isinstance(s, Strategy):
