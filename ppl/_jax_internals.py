@@ -7,6 +7,8 @@ re-binding a jaxpr equation exactly as ``jax.core.eval_jaxpr`` does, and the jax
 Sharp edges:
     * ``bind_eqn`` relies on ``Primitive.get_bind_params``, which JAX uses in its own ``eval_jaxpr``; it has been
       stable since JAX 0.4 but is not public API.
+    * ``scan``'s parameters changed in JAX 0.11 (``num_consts``/``num_carry`` became a flat tree ``ft_in``, and
+      loop-invariant carries and forwarded ``ys`` are moved out of the equation): read them with ``scan_counts``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "subjaxprs",
     "closed",
     "ShapedArray",
+    "scan_counts",
 ]
 
 ShapedArray = jax.core.ShapedArray
@@ -89,3 +92,13 @@ def subjaxprs(eqn: JaxprEqn) -> Iterator[Jaxpr]:
                 yield item.jaxpr
             elif isinstance(item, Jaxpr):
                 yield item
+
+
+def scan_counts(params: dict[str, Any]) -> tuple[int, int]:
+    """``(num_consts, num_carry)`` of a ``scan`` equation: parameters up to JAX 0.10, the flat-tree ``ft_in``
+    (``(consts, carry, xs)``) from JAX 0.11 on. The body's inputs are ``consts + carry + xs`` and its outputs
+    ``carry + ys`` in both."""
+    if "num_consts" in params:
+        return params["num_consts"], params["num_carry"]
+    consts, carry, _ = params["ft_in"].unpack()
+    return len(list(consts)), len(list(carry))

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._jax_internals import ClosedJaxpr, Jaxpr, JaxprEqn, Literal, bind_eqn, closed, subjaxprs
+from .._jax_internals import ClosedJaxpr, Jaxpr, JaxprEqn, Literal, bind_eqn, closed, scan_counts, subjaxprs
 from .primitives import PPL_PRIMITIVES, sample_p
 
 Rule = Callable[..., Any]
@@ -254,7 +254,7 @@ def scan_rule(interp, state, eqn, invals):
     block key folded with the iteration index; its recorded choice gets the loop axis in front.
     """
     p = eqn.params
-    nconst, ncarry, length = p["num_consts"], p["num_carry"], p["length"]
+    (nconst, ncarry), length = scan_counts(p), p["length"]
     consts, init, xs = invals[:nconst], invals[nconst : nconst + ncarry], invals[nconst + ncarry :]
     body_addrs = addresses(p["jaxpr"])
     if interp.records:
