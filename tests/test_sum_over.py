@@ -161,3 +161,7 @@ def test_bad_in_axes_are_errors():
         ppl.sum_over(per_point, (None, 0, 0)).estimate(jax.random.key(0), MU, LOGITS, {"x": XS[:5]})
     with pytest.raises(ValueError, match=r"share one leading size \(found none\)"):
         ppl.sum_over(per_point, None).estimate(jax.random.key(0), MU, LOGITS, {"x": XS})
+    with pytest.raises(ValueError, match=r"in_axes entries must be 0 or None"):
+        ppl.sum_over(per_point, ((None, 0), 0, 0)).estimate(jax.random.key(0), MU, LOGITS, {"x": XS})
+    with pytest.raises(ValueError, match=r"argument 0 is mapped \(in_axes 0\) but has a scalar leaf"):
+        ppl.sum_over(per_point, (0, 0, 0)).estimate(jax.random.key(0), 1.0, LOGITS, {"x": XS})

@@ -215,12 +215,14 @@ class SumOver(Expectation):
         axes = self.in_axes if isinstance(self.in_axes, tuple) else (self.in_axes,) * len(args)
         if len(axes) != len(args):
             raise ValueError(f"{self.__name__}: in_axes {self.in_axes} has {len(axes)} entries, not {len(args)}")
-        sizes = {
-            leaf.shape[ax]
-            for ax, a in zip(axes, args, strict=True)
-            if ax is not None
-            for leaf in jax.tree_util.tree_leaves(a)
-        }
+        if any(ax not in (0, None) for ax in axes):
+            raise ValueError(f"{self.__name__}: in_axes entries must be 0 or None (one per argument), got {axes}")
+        sizes = set()
+        for i, (ax, a) in enumerate(zip(axes, args, strict=True)):
+            for leaf in jax.tree_util.tree_leaves(a) if ax == 0 else ():
+                if jnp.ndim(leaf) == 0:
+                    raise ValueError(f"{self.__name__}: argument {i} is mapped (in_axes 0) but has a scalar leaf")
+                sizes.add(jnp.shape(leaf)[0])
         if len(sizes) != 1:
             raise ValueError(
                 f"{self.__name__}: the mapped arguments must share one leading size (found {sorted(sizes) or 'none'})"
