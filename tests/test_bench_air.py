@@ -1,0 +1,29 @@
+"""``bench/air.py`` (Attend-Infer-Repeat, gradient strategies for ``z_pres``) runs end to end in its smallest mode.
+
+One subprocess with ``--quick --tiny`` (one training step per variant, XLA at optimization level 0; about a minute on
+2 cores, mostly compiling the six programs). Timings and accuracies are not asserted — one step learns nothing —
+only that every variant trains, is evaluated and prints finite numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tests.test_bench_quick import needs_mlxtend, run_bench, table_rows
+
+VARIANTS = ("enum", "mvd", "hybrid mvd/enum", "reinforce", "baseline", "IWAE(2) reinforce")
+
+
+@needs_mlxtend
+def test_air_tiny() -> None:
+    out = run_bench("air.py")
+    assert "## AIR: time per epoch and count accuracy" in out, out
+    for name in VARIANTS:
+        rows = [r for r in table_rows(out, name) if len(r) == 6]  # the main table
+        assert len(rows) == 1, f"{name}: no row in the main table\n{out}"
+        _, compile_s, per_epoch, ratio, elbo, accuracy = rows[0]
+        numbers = [float(compile_s), float(per_epoch), float(ratio.rstrip("×")), float(elbo), float(accuracy)]
+        assert all(math.isfinite(x) for x in numbers), f"{name}: {rows[0]}"
+        assert 0.0 <= float(accuracy) <= 1.0 and float(per_epoch) > 0.0, rows[0]
+    assert table_rows(out, "enum")[0][3] == "1.00×", "ratios are against enum, measured in the same run"
+    assert table_rows(out, "IWAE(2) mvd"), out  # the "Not supported" table: what ppl rejects, with its message
