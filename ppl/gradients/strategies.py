@@ -227,18 +227,19 @@ class MVD(_Base):
     def jvp_estimate(self, key, d, k):
         k1, k2 = jax.random.split(key)
         x = sg(d.sample(k1))
+        # k(x) carries the pathwise derivative; the correction needs k elsewhere as primal values only, so those
+        # calls are stop_gradient-ed (no backward pass through them).
+        lx = k(x)
         if isinstance(d, nd.BernoulliProbs | nd.BernoulliLogits):
-            ls = jax.vmap(k)(jnp.array([0, 1], x.dtype))
-            return jnp.where(x > 0, ls[1], ls[0]) + sg(ls[1] - ls[0]) * zero_valued(d.probs)
+            other = sg(k((1 - x).astype(x.dtype)))
+            return lx + sg(jnp.where(x > 0, lx - other, other - lx)) * zero_valued(d.probs)
         if isinstance(d, nd.CategoricalProbs | nd.CategoricalLogits):
-            ls = jax.vmap(k)(jnp.arange(d.probs.shape[-1], dtype=x.dtype))
-            return ls[x] + jnp.sum(sg(ls) * zero_valued(d.probs))
+            ls = sg(jax.vmap(k)(jnp.arange(d.probs.shape[-1], dtype=x.dtype)))
+            return lx + jnp.sum(ls * zero_valued(d.probs))
         if isinstance(d, nd.Poisson):
-            ls = jax.vmap(k)(jnp.stack([x, x + 1]))
-            return ls[0] + sg(ls[1] - ls[0]) * zero_valued(d.rate)
+            return lx + sg(k(x + 1) - lx) * zero_valued(d.rate)
         x2 = sg(d.sample(k2))
-        ls = jax.vmap(k)(jnp.stack([x, x + x2 + 1]))
-        return ls[0] + sg((ls[0] - ls[1]) / d.probs) * zero_valued(d.probs)
+        return lx + sg((lx - k(x + x2 + 1)) / d.probs) * zero_valued(d.probs)
 
 
 @final
