@@ -216,8 +216,8 @@ class MVD(_Base):
     multi_call = True
 
     def check(self, d, addr):
-        if _batch_shape(d) != ():
-            raise StrategyError(f"mvd at {addr!r}: batch shape {_batch_shape(d)}; sample each component separately")
+        if (batch := _batch_shape(d)) != ():
+            raise StrategyError(f"mvd at {addr!r}: batch shape {batch}; sample each component separately")
         if not isinstance(d, _MVD + _GEOMETRIC):
             raise StrategyError(
                 f"mvd at {addr!r}: no measure-valued derivative for {type(d).__name__}; mvd covers Bernoulli, "
