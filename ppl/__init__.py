@@ -7,6 +7,7 @@ ADEV compiles an objective into one plain JAX function that estimates its value 
 
 from . import lang
 from .core.interpreter import PPLError
+from .core.lanes import vmap
 from .core.primitives import add_cost, factor, sample, scope
 from .gradients import (
     Strategy,
@@ -25,7 +26,6 @@ from .objectives import SIR, Marginal, dreg_iwae, elbo, iwae, marginal, p_wake, 
 from .transforms.adev import Expectation, SumOver, expectation, sum_over
 from .transforms.strategy_rewrite import with_strategies
 from .transforms.tracing import GenFn, Trace, density, gen, seed, sim
-from .transforms.vectorize import vmap
 from .workflow import Comparison, FitResult, compare_estimators, fit
 
 __version__ = "0.1.0"

@@ -39,33 +39,92 @@ __all__ = [
     "DropVar",
     "jaxpr_as_fun",
     "new_primitive",
-    "NOT_MAPPED",
     "bind_eqn",
     "subjaxprs",
     "closed",
     "ShapedArray",
     "scan_counts",
+    "register_batcher",
+    "cond_primitive",
+    "override_batcher",
+    "stage_flat",
+    "lane_aval",
+    "bind_with_params",
 ]
 
 ShapedArray = jax.core.ShapedArray
 
 
-NOT_MAPPED = None  # what a batching rule sees as the batch dimension of an unbatched operand
+def register_batcher(prim: Primitive, rule: Callable[..., Any]) -> None:
+    """Register ``rule(axis_size, vals, dims, **params) -> (outs, out_dims)`` as ``prim``'s batching rule.
+
+    It is JAX's "fancy" batcher table: the rule runs under *every* ``jax.vmap`` that binds ``prim``, also when no
+    operand is batched (JAX's plain table would bind such a primitive once for all lanes).
+    """
+    batching.fancy_primitive_batchers[prim] = lambda axis_data, vals, dims, **params: rule(
+        axis_data.size, vals, dims, **params
+    )
+
+
+def override_batcher(prim: Primitive, rule: Callable[..., Any]) -> None:
+    """Wrap JAX's batching rule of ``prim``: ``rule(original, axis_size, vals, dims, **params)``, where
+    ``original(vals, dims, **params)`` is JAX's own rule (applied once; idempotent on re-import)."""
+    table = batching.fancy_primitive_batchers
+    original = table[prim]
+    original = getattr(original, "_ppl_original", original)
+
+    def wrapped(axis_data, vals, dims, **params):
+        return rule(lambda v, d, **p: original(axis_data, v, d, **p), axis_data.size, vals, dims, **params)
+
+    wrapped._ppl_original = original  # type: ignore[attr-defined]
+    table[prim] = wrapped
+
+
+def cond_primitive() -> Primitive:
+    """``lax.cond``'s primitive (not exported by JAX; read off a staged ``cond``)."""
+    return jax.make_jaxpr(lambda p: jax.lax.cond(p, lambda: 0, lambda: 1))(True).eqns[-1].primitive
+
+
+def bind_with_params(prim: Primitive, params: dict[str, Any], invals: Sequence[Any]) -> list[Any]:
+    """Bind ``prim`` with the parameters of one of its equations (as ``bind_eqn``)."""
+    res = prim.get_bind_params(params)
+    subfuns, bind_params = res if isinstance(res, tuple) else ((), res)
+    out = prim.bind(*subfuns, *invals, **bind_params)
+    return list(out) if prim.multiple_results else [out]
+
+
+def lane_aval(x: Any, axis: int | None) -> jax.ShapeDtypeStruct:
+    """The abstract value of one lane of ``x`` mapped along ``axis`` (all of ``x`` when ``axis`` is ``None``)."""
+    shape, dtype = jax.numpy.shape(x), jax.dtypes.canonicalize_dtype(x.dtype, allow_extended_dtype=True)
+    if axis is not None:
+        shape = shape[:axis] + shape[axis + 1 :]
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+def stage_flat(fn: Callable[..., Sequence[Any]], avals: Sequence[Any]) -> tuple[ClosedJaxpr, list[Any]]:
+    """Stage ``fn(*flat_args) -> flat_outs`` to a ``ClosedJaxpr`` taking ``(*consts, *flat_args)``, and ``consts``.
+
+    Values ``fn`` closes over (tracers of an enclosing trace included) become leading inputs, so the jaxpr can sit
+    in a primitive's static parameters.
+    """
+    cj = jax.make_jaxpr(lambda *a: list(fn(*a)))(*avals)
+    j = cj.jaxpr
+    if not j.constvars:
+        return cj, []
+    return ClosedJaxpr(j.replace(constvars=[], invars=[*j.constvars, *j.invars]), []), list(cj.consts)
 
 
 def new_primitive(
     name: str,
     abstract_eval: Callable[..., Any],
-    batch_rule: Callable[[Primitive], Callable[..., Any]],
     impl: Callable[..., Any],
     multiple_results: bool = True,
 ) -> Primitive:
-    """A primitive with an impl, an abstract evaluation rule and a batching rule (``batch_rule(prim)``)."""
+    """A primitive with an impl and an abstract evaluation rule (batching: :func:`register_batcher`)."""
     p = Primitive(name)
     p.multiple_results = multiple_results
     p.def_impl(impl)
     p.def_abstract_eval(abstract_eval)
-    batching.primitive_batchers[p] = batch_rule(p)
     return p
 
 

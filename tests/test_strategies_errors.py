@@ -96,43 +96,6 @@ def test_estimate_checks_too():
 # ------------------------------------------------------------------------- multi-call strategies without a continuation
 
 
-@pytest.mark.parametrize("strategy", [ppl.enum, ppl.mvd, ppl.leave_one_out(3)], ids=["enum", "mvd", "loo"])
-@pytest.mark.parametrize("loop", ["scan", "fori"])
-def test_multi_call_inside_scan(strategy, loop):
-    def f(th):
-        def body(c):
-            return c + ppl.sample("z", dist.Bernoulli(logits=th), strategy=strategy)
-
-        if loop == "scan":
-            return lax.scan(lambda c, _: (body(c), None), 0.0, None, length=4)[0]
-        return lax.fori_loop(0, 4, lambda i, c: body(c), 0.0)
-
-    with pytest.raises(PPLError, match=r"(?s)at 'z'.*inside scan.*(Hoist|hoist).*unroll"):
-        _grad(f, 0.3)
-
-
-def test_multi_call_in_cond_inside_scan():
-    def f(th):
-        def step(c, _):
-            z = lax.cond(c > 0, lambda: ppl.sample("z", dist.Bernoulli(logits=th), strategy=ppl.enum), lambda: 0)
-            return c + z, None
-
-        return lax.scan(step, 1.0, None, length=2)[0]
-
-    with pytest.raises(PPLError, match=r"(?s)enum at 'z'.*scan.*unroll"):
-        _grad(f, 0.3)
-
-
-@pytest.mark.parametrize("strategy", [ppl.enum, ppl.mvd], ids=["enum", "mvd"])
-def test_multi_call_at_vmapped_site(strategy):
-    def f(th):
-        zs = jax.vmap(lambda t: ppl.sample("z", dist.Bernoulli(logits=t), strategy=strategy))(th)
-        return jnp.sum(zs * 1.0)
-
-    with pytest.raises(PPLError, match=r"(?s)at 'z'.*jax\.vmap.*(Hoist|hoist)"):
-        _grad(f, jnp.array([0.1, 0.2, 0.3]))
-
-
 def test_one_call_at_vmapped_site_is_fine():
     def f(th):
         zs = jax.vmap(lambda t: ppl.sample("z", dist.Bernoulli(logits=t), strategy=ppl.reinforce))(th)

@@ -17,7 +17,7 @@ from jax import lax
 from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import ppl
-from ppl import PPLError
+from ppl import PPLError, StrategyError
 from tests.stats import assert_unbiased, keys
 
 KEY = jax.random.key(0)

@@ -43,7 +43,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._jax_internals import ClosedJaxpr, Jaxpr, JaxprEqn, Literal, bind_eqn, closed, scan_counts, subjaxprs
-from .primitives import PPL_PRIMITIVES, sample_p
+from .lanes import map_lanes
+from .primitives import PPL_PRIMITIVES, contains_ppl, map_p, sample_p
 
 Rule = Callable[..., Any]
 
@@ -70,6 +71,9 @@ class State:
     carry: dict[str, Any] = field(default_factory=dict)
     choices: dict[str, Any] = field(default_factory=dict)
     where: tuple[str, ...] = ()
+    path: tuple[int, ...] = ()  # static: the enclosing equations (and cond branches) down to here
+    index: tuple[Any, ...] = ()  # traced: the lane / iteration index of each enclosing map / scan
+    requests: dict[Any, Any] = field(default_factory=dict)  # per-site outputs stacked like choices (ADEV)
 
     def next_key(self) -> tuple[Any, State]:
         """A fresh key for a site or block, and the state after it."""
@@ -89,6 +93,13 @@ class State:
 
     def record(self, addr: str, value: Any) -> State:
         return replace(self, choices={**self.choices, addr: value})
+
+    def request(self, site: Any, value: Any) -> State:
+        return replace(self, requests={**self.requests, site: value})
+
+    def enter(self, eqn: JaxprEqn, *more: int) -> State:
+        """The state inside a block of ``eqn`` (its path extended; ``more``: e.g. the branch)."""
+        return replace(self, path=self.path + (id(eqn), *more), where=self.where + (eqn.primitive.name,))
 
 
 def zero() -> jax.Array:
@@ -110,6 +121,12 @@ class Interpretation:
     rules: ClassVar[dict[Any, Rule]] = {}
     cps_rules: ClassVar[dict[Any, Rule]] = {}
     records: ClassVar[bool] = False  # do the choices get recorded (and so need unique addresses)?
+    rewrites: ClassVar[bool] = False  # does the output still hold random choices (maps are re-bound as maps)?
+    inherited: ClassVar[frozenset[str]] = frozenset()  # accumulators a lane starts from (others start at 0)
+
+    def may_request(self, eqn: JaxprEqn) -> bool:
+        """Can a block of ``eqn`` produce ``State.requests`` (then ``cond`` unions them across branches)?"""
+        return False
 
     def wants_continuation(self, eqn: JaxprEqn) -> bool:
         return False
@@ -128,9 +145,10 @@ def run(
     jaxpr: ClosedJaxpr | Jaxpr,
     args: Sequence[Any],
     state: State,
-    cont: Callable[[list[Any], State], Any] | None = None,
+    cont: Callable[..., Any] | None = None,
 ) -> Any:
-    """Interpret ``jaxpr`` on ``args``. Returns ``(outvals, state)``, or ``cont(outvals, state)`` if given."""
+    """Interpret ``jaxpr`` on ``args``. Returns ``(outvals, state)``, or ``cont(outvals, state, interp)`` if given
+    (``interp``: the interpretation the walk ended in; a continuation may be run under another one)."""
     cj = closed(jaxpr)
     env: dict[Any, Any] = {}
     _write(env, cj.jaxpr.constvars, cj.consts)
@@ -149,16 +167,16 @@ def _walk(interp, jaxpr, env, start, state, cont):
         if cont is not None and interp.wants_continuation(eqn):
             rule = _lookup(interp.cps_rules, interp, eqn)
 
-            def k(outvals, st, i=i, eqn=eqn):
+            def k(outvals, st, other=None, i=i, eqn=eqn):
                 env2 = dict(env)
                 _write(env2, eqn.outvars, outvals)
-                return _walk(interp, jaxpr, env2, i + 1, st, cont)
+                return _walk(interp if other is None else other, jaxpr, env2, i + 1, st, cont)
 
             return rule(interp, state, eqn, invals, k)
         outvals, state = _lookup(interp.rules, interp, eqn)(interp, state, eqn, invals)
         _write(env, eqn.outvars, outvals)
     outs = [_read(env, v) for v in jaxpr.outvars]
-    return cont(outs, state) if cont is not None else (outs, state)
+    return cont(outs, state, interp) if cont is not None else (outs, state)
 
 
 def _lookup(table, interp, eqn):
@@ -189,14 +207,9 @@ def rebind(interp, state, eqn, invals):
 # ---------------------------------------------------------------------------------------------- static analysis
 
 
-@functools.lru_cache(maxsize=8192)
-def _contains_ppl(jaxpr: Jaxpr) -> bool:
-    return any(e.primitive in PPL_PRIMITIVES or any(map(_contains_ppl, subjaxprs(e))) for e in jaxpr.eqns)
-
-
 def needs_rule(eqn: JaxprEqn) -> bool:
     """Does the equation carry probabilistic meaning (a ``ppl`` primitive, or one nested inside it)?"""
-    return eqn.primitive in PPL_PRIMITIVES or any(map(_contains_ppl, subjaxprs(eqn)))
+    return eqn.primitive in PPL_PRIMITIVES or any(map(contains_ppl, subjaxprs(eqn)))
 
 
 @functools.lru_cache(maxsize=8192)
@@ -205,9 +218,10 @@ def _site_avals(jaxpr: Jaxpr) -> tuple[tuple[str, Any], ...]:
     for e in jaxpr.eqns:
         if e.primitive is sample_p:
             found = {e.params["addr"]: e.outvars[0].aval}
-        elif e.primitive.name == "scan":
-            n = e.params["length"]
-            found = {a: aval.update(shape=(n, *aval.shape)) for a, aval in _site_avals(e.params["jaxpr"].jaxpr)}
+        elif e.primitive.name == "scan" or e.primitive is map_p:
+            n = e.params["length"] if e.primitive is not map_p else e.params["size"]
+            body = e.params["jaxpr"] if e.primitive is not map_p else e.params["body"]
+            found = {a: aval.update(shape=(n, *aval.shape)) for a, aval in _site_avals(body.jaxpr)}
         else:
             found = {}
             for sub in subjaxprs(e):
@@ -235,16 +249,32 @@ def addresses(j: Any) -> frozenset[str]:
 
 def inline_rule(interp, state, eqn, invals):
     """``jit``, ``custom_jvp_call``, ``custom_vjp_call``, ``remat``: interpret the body in place."""
-    return run(interp, _body(eqn), invals, replace(state, where=state.where + (eqn.primitive.name,)))
+    outs, st = run(interp, _body(eqn), invals, state.enter(eqn))
+    return outs, replace(st, path=state.path, where=state.where)
+
+
+def _leave(state, k):
+    """The continuation ``k`` entered from inside a block: path and ``where`` back to those of ``state``."""
+    return lambda outs, st, other=None: k(outs, replace(st, path=state.path, where=state.where), other)
 
 
 def inline_cps_rule(interp, state, eqn, invals, k):
-    return run(interp, _body(eqn), invals, state, cont=k)
+    return run(interp, _body(eqn), invals, state.enter(eqn), cont=_leave(state, k))
 
 
 def _body(eqn):
     p = eqn.params
     return p["call_jaxpr"] if "call_jaxpr" in p else p["jaxpr"]
+
+
+def _merge(state, eqn, body_addrs, carry, choices, requests):
+    return replace(
+        state,
+        visited=state.visited | body_addrs,
+        carry=carry,
+        choices={**state.choices, **choices},
+        requests={**state.requests, **requests},
+    )
 
 
 def scan_rule(interp, state, eqn, invals):
@@ -262,17 +292,17 @@ def scan_rule(interp, state, eqn, invals):
             state.visit(a)
     block_key, state = state.next_key()
     data = interp.loop_data(body_addrs)
-    where = state.where + ("scan",)
+    inner = state.enter(eqn)
 
     def body(carry_all, x_all):
         carry, acc = carry_all
         x, i, data_i = x_all
         key = None if block_key is None else jax.random.fold_in(block_key, i)
-        st = State(key=key, carry=acc, where=where)
+        st = State(key=key, carry=acc, where=inner.where, path=inner.path, index=state.index + (i,))
         outs, st = run(interp.for_iteration(data_i), p["jaxpr"], [*consts, *carry, *x], st)
-        return (outs[:ncarry], st.carry), (outs[ncarry:], st.choices)
+        return (outs[:ncarry], st.carry), (outs[ncarry:], st.choices, st.requests)
 
-    (carry, acc), (ys, choices) = lax.scan(
+    (carry, acc), (ys, choices, requests) = lax.scan(
         body,
         (init, state.carry),
         (xs, jnp.arange(length), data),
@@ -280,35 +310,74 @@ def scan_rule(interp, state, eqn, invals):
         reverse=p["reverse"],
         unroll=p["unroll"],
     )
-    state = replace(state, visited=state.visited | body_addrs, carry=acc, choices={**state.choices, **choices})
-    return [*carry, *ys], state
+    return [*carry, *ys], _merge(state, eqn, body_addrs, acc, choices, requests)
 
 
-def _branch_state(state, eqn, key):
-    return State(key=key, visited=state.visited, carry=state.carry, where=state.where + (eqn.primitive.name,))
+def map_rule(interp, state, eqn, invals):
+    """A map (``map_p``): interpret the lane body for one lane, then map the interpreted lane.
+
+    Lane ``i`` gets the block key folded with ``i``; its accumulators start at zero (those the interpretation lists
+    in ``inherited`` start at the current value) and their increments are summed over lanes; its choices get the
+    lane axis in front. A ``cond`` in the lane is interpreted per lane before ``jax.vmap`` sees it.
+    """
+    p = eqn.params
+    body, size, in_axes = p["body"], p["size"], p["in_axes"]
+    body_addrs = addresses(body)
+    if interp.records:
+        for a in sorted(body_addrs):
+            state.visit(a)
+    block_key, state = state.next_key()
+    data = interp.loop_data(body_addrs)
+    inner = state.enter(eqn)
+    start = {n: v if n in interp.inherited else jnp.zeros_like(v) for n, v in state.carry.items()}
+
+    def lane(i, data_i, start, *args):
+        key = None if block_key is None else jax.random.fold_in(block_key, i)
+        st = State(key=key, carry=start, where=inner.where, path=inner.path, index=state.index + (i,))
+        outs, st = run(interp.for_iteration(data_i), body, args, st)
+        return outs, st.carry, st.choices, st.requests
+
+    outs, carries, choices, requests = map_lanes(
+        lane, size, (0, 0, None, *in_axes), (jnp.arange(size), data, start, *invals), interp.rewrites
+    )
+    carry = {n: state.carry[n] + jnp.sum(carries[n] - start[n], axis=0) for n in state.carry}
+    return list(outs), _merge(state, eqn, body_addrs, carry, choices, requests)
+
+
+def _zeros(shapes):
+    return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
 
 
 def cond_rule(interp, state, eqn, invals):
     """Re-emit ``lax.switch``; each branch is interpreted with the accumulators as operands and results.
 
-    Recorded choices are the union over branches (a branch fills the addresses it does not visit with zeros).
+    Recorded choices are the union over branches (a branch fills the addresses it does not visit with zeros), and so
+    are ``State.requests``.
     """
     index, ops = invals[0], invals[1:]
     branches = eqn.params["branches"]
     block_key, state = state.next_key()
     avals = site_avals(eqn) if interp.records else {}
 
-    def branch(j):
+    def branch(j, request_shapes):
         def f(ops, key, carry):
-            outs, st = run(interp, branches[j], ops, _branch_state(replace(state, carry=carry), eqn, key))
+            st = replace(state.enter(eqn, j), key=key, counter=0, carry=carry, choices={}, requests={})
+            outs, st = run(interp, branches[j], ops, st)
             ch = {a: st.choices[a] if a in st.choices else jnp.zeros(v.shape, v.dtype) for a, v in avals.items()}
-            return outs, st.carry, ch
+            if request_shapes is None:
+                return outs, st.carry, ch, st.requests
+            rq = {r: st.requests[r] if r in st.requests else _zeros(v) for r, v in request_shapes.items()}
+            return outs, st.carry, ch, rq
 
         return f
 
-    outs, carry, choices = lax.switch(index, [branch(j) for j in range(len(branches))], ops, block_key, state.carry)
-    state = replace(state, visited=state.visited | addresses(eqn), carry=carry, choices={**state.choices, **choices})
-    return outs, state
+    shapes: dict[Any, Any] = {}
+    if interp.may_request(eqn):
+        for j in range(len(branches)):
+            shapes.update(jax.eval_shape(branch(j, None), ops, block_key, state.carry)[3])
+    fns = [branch(j, shapes) for j in range(len(branches))]
+    outs, carry, choices, requests = lax.switch(index, fns, ops, block_key, state.carry)
+    return outs, _merge(state, eqn, addresses(eqn), carry, choices, requests)
 
 
 def cond_cps_rule(interp, state, eqn, invals, k):
@@ -318,9 +387,11 @@ def cond_cps_rule(interp, state, eqn, invals, k):
     block_key, state = state.next_key()
 
     def branch(j):
-        return lambda ops, key, carry: run(
-            interp, branches[j], ops, _branch_state(replace(state, carry=carry), eqn, key), cont=k
-        )
+        def f(ops, key, carry):
+            st = replace(state.enter(eqn, j), key=key, counter=0, carry=carry)
+            return run(interp, branches[j], ops, st, cont=_leave(state, k))
+
+        return f
 
     return lax.switch(index, [branch(j) for j in range(len(branches))], ops, block_key, state.carry)
 
@@ -335,9 +406,15 @@ def while_rule(interp, state, eqn, invals):
 INLINED = ("jit", "pjit", "closed_call", "custom_jvp_call", "custom_vjp_call", "remat2")
 
 
-def control_flow_rules() -> dict[str, Rule]:
-    """The higher-order rules every interpretation registers, by primitive name."""
-    return {**dict.fromkeys(INLINED, inline_rule), "scan": scan_rule, "cond": cond_rule, "while": while_rule}
+def control_flow_rules() -> dict[Any, Rule]:
+    """The higher-order rules every interpretation registers (JAX's by primitive name)."""
+    return {
+        **dict.fromkeys(INLINED, inline_rule),
+        "scan": scan_rule,
+        "cond": cond_rule,
+        "while": while_rule,
+        map_p: map_rule,
+    }
 
 
 def control_flow_cps_rules() -> dict[str, Rule]:

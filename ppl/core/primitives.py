@@ -12,15 +12,14 @@ ADEV, ...) interprets the staged jaxpr and gives the site its meaning.
 sample {'addr': 'x', 'dist': Normal, 'strategy': default}
 
 Sharp edges:
-    * A site under ``jax.vmap`` stays one site: its ``DistSpec`` records the batch levels, its choice gets the batch
-      axis in front, and each lane gets its own key.
+    * A site under ``jax.vmap`` becomes a map (``map_p``) whose lane body is the unbatched site: every lane draws
+      with its own key, and its choice gets the lane axis in front (:mod:`ppl.core.lanes`).
     * Scopes (``ppl.scope``) are applied when the program is staged: the address in the jaxpr is the full path.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as nd
 
-from .._jax_internals import NOT_MAPPED, ShapedArray, new_primitive
+from .._jax_internals import Jaxpr, ShapedArray, new_primitive, subjaxprs
 from ..gradients.base import Strategy
 from . import distributions as _dists
 
@@ -40,15 +39,10 @@ from . import distributions as _dists
 
 @dataclass(frozen=True)
 class DistSpec:
-    """Static description of a site's distribution: its pytree structure and the ``vmap`` levels around it.
-
-    ``batch`` lists ``(axis_size, in_axes)`` per ``vmap`` level, innermost first; ``in_axes`` covers all operands
-    (distribution leaves, then strategy leaves).
-    """
+    """Static description of a site's distribution: its pytree structure (and NumPyro's ``validate_args``)."""
 
     treedef: Any
     num_leaves: int
-    batch: tuple[tuple[int, tuple[int | None, ...]], ...] = ()
     validate: bool = False  # the distribution's ``validate_args`` (NumPyro's pytree unflattening drops it)
 
     @property
@@ -65,8 +59,7 @@ class DistSpec:
         return d
 
     def __repr__(self) -> str:
-        sizes = "".join(f"[vmap {n}]" for n, _ in reversed(self.batch))
-        return self.name + sizes
+        return self.name
 
 
 def _dist_name(treedef: Any) -> str:
@@ -120,51 +113,15 @@ class Site:
     def of(invals: Sequence[Any], addr: str, dist: DistSpec, strategy: StrategySpec) -> Site:
         return Site(addr, dist, strategy, tuple(invals[: dist.num_leaves]), tuple(invals[dist.num_leaves :]))
 
-    @property
-    def batched(self) -> bool:
-        return bool(self.spec.batch)
-
-    @property
-    def batch_shape(self) -> tuple[int, ...]:
-        return tuple(n for n, _ in reversed(self.spec.batch))
-
-    def lanewise(self, fn: Callable[..., Any], key: Any, *lane_args: Any) -> Any:
-        """``fn(dist, strategy, key, *lane_args)`` for every ``vmap`` lane of the site (keys split per lane).
-
-        ``lane_args`` carry the batch axes in front (as the site's value does); outputs do too.
-        """
-
-        def base(dleaves, sleaves, k, *a):
-            return fn(self.spec.unflatten(dleaves), self.strategy_spec.unflatten(sleaves), k, *a)
-
-        g = base
-        for size, axes in self.spec.batch:
-            g = _lift(g, size, axes, self.spec.num_leaves, key is not None, len(lane_args))
-        return g(list(self.dist_leaves), list(self.strategy_leaves), key, *lane_args)
-
     def log_prob(self, x: Any) -> Any:
-        """Total log density of value ``x`` (summed over event, batch and ``vmap`` axes)."""
-        return jnp.sum(self.lanewise(lambda d, s, k, v: jnp.sum(_dists.log_prob(d, v)), None, x))
+        """Total log density of value ``x`` (summed over event and batch axes)."""
+        return jnp.sum(_dists.log_prob(self.dist(), x))
 
     def dist(self) -> nd.Distribution:
-        """The distribution of an un-vmapped site."""
-        assert not self.batched
         return self.spec.unflatten(self.dist_leaves)
 
     def strategy(self) -> Strategy | None:
-        assert not self.batched
         return self.strategy_spec.unflatten(self.strategy_leaves)
-
-
-def _lift(g, size, axes, nd_leaves, has_key, n_lane):
-    daxes, saxes = list(axes[:nd_leaves]), list(axes[nd_leaves:])
-
-    def lifted(dleaves, sleaves, key, *lane_args):
-        keys = jax.random.split(key, size) if has_key else None
-        in_axes = (daxes, saxes, 0 if has_key else None, *([0] * n_lane))
-        return jax.vmap(g, in_axes=in_axes, axis_size=size)(dleaves, sleaves, keys, *lane_args)
-
-    return lifted
 
 
 # ---------------------------------------------------------------------------------------------- primitives
@@ -183,13 +140,10 @@ def _outside(name: str) -> Callable[..., Any]:
 
 @functools.lru_cache(maxsize=4096)
 def _sample_aval(spec: DistSpec, strategy: StrategySpec, avals: tuple[Any, ...]) -> Any:
-    site = Site.of([jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals], "", spec, strategy)
+    n = spec.num_leaves
     out = jax.eval_shape(
-        lambda dl, sl: Site(site.addr, spec, strategy, tuple(dl), tuple(sl)).lanewise(
-            lambda d, s, k: d.sample(k), jax.random.key(0)
-        ),
-        list(site.dist_leaves),
-        list(site.strategy_leaves),
+        lambda dl: spec.unflatten(dl).sample(jax.random.key(0)),
+        [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals[:n]],
     )
     return ShapedArray(out.shape, out.dtype)
 
@@ -198,28 +152,25 @@ def _sample_abstract_eval(*avals, addr, dist, strategy):
     return _sample_aval(dist, strategy, tuple(ShapedArray(a.shape, a.dtype) for a in avals))
 
 
-def _sample_batch(prim):
-    def rule(args, dims, *, addr, dist, strategy):
-        size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not NOT_MAPPED)
-        spec = dataclasses.replace(dist, batch=dist.batch + ((size, tuple(dims)),))
-        return prim.bind(*args, addr=addr, dist=spec, strategy=strategy), 0
-
-    return rule
+def _map_abstract_eval(*avals, body, size, in_axes):
+    return [ShapedArray((size, *a.shape), a.dtype) for a in body.out_avals]
 
 
-def _weight_batch(prim):
-    def rule(args, dims):
-        (x,), (d,) = args, dims
-        return prim.bind(jnp.sum(x, axis=d)), []
+sample_p = new_primitive("sample", _sample_abstract_eval, _outside("sample"), multiple_results=False)
+factor_p = new_primitive("factor", lambda w: [], _outside("factor"))
+cost_p = new_primitive("cost", lambda c: [], _outside("add_cost"))
+map_p = new_primitive("ppl_map", _map_abstract_eval, _outside("vmap"))
+"""``map_p``: ``size`` lanes of the per-lane program ``body`` (a ``ClosedJaxpr``), operands mapped along ``in_axes``
+(``None``: shared by all lanes); every output gets the lane axis in front. Each lane is its own execution: the
+interpretations give it its own key, accumulators and choices (:mod:`ppl.core.lanes`)."""
 
-    return rule
+PPL_PRIMITIVES = frozenset({sample_p, factor_p, cost_p, map_p})
 
 
-sample_p = new_primitive("sample", _sample_abstract_eval, _sample_batch, _outside("sample"), multiple_results=False)
-factor_p = new_primitive("factor", lambda w: [], _weight_batch, _outside("factor"))
-cost_p = new_primitive("cost", lambda c: [], _weight_batch, _outside("add_cost"))
-
-PPL_PRIMITIVES = frozenset({sample_p, factor_p, cost_p})
+@functools.lru_cache(maxsize=8192)
+def contains_ppl(jaxpr: Jaxpr) -> bool:
+    """Does ``jaxpr`` (or a jaxpr nested in it) bind a ``ppl`` primitive?"""
+    return any(e.primitive in PPL_PRIMITIVES or any(map(contains_ppl, subjaxprs(e))) for e in jaxpr.eqns)
 
 # ---------------------------------------------------------------------------------------------- user functions
 

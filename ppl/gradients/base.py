@@ -8,8 +8,13 @@ small immutable value (a pytree: a baseline may be a traced array) with
   the value (carrying its pathwise derivative, if any) and ``score`` a *surrogate* whose value is exactly 0 and whose
   derivative is the score-function term ``∂θ log p(x; θ)`` (zero for pathwise strategies); and
   ``cost(score)``, a zero-valued surrogate added to the objective (a baseline's ``-b · ∂ log p``);
-* for strategies that call it more than once (``multi_call = True``): ``jvp_estimate(key, d, k)`` where ``k(x)``
-  is the continuation — a surrogate of the rest of the program.
+* for strategies that call it more than once (``multi_call = True``): ``couple(key, d) -> (x, c0, values,
+  coeffs)``: the value ``x`` the program goes on with (no derivative), and the correction
+  ``c0 · F(x) + Σ_j coeffs[j] · F(values[j])`` whose derivative, for *any* unbiased estimates ``F(v)`` of the rest of
+  the program given the choice ``v`` (taken as constants), estimates ``Σ_v ∂θ p(v; θ) · E[rest | v]`` without bias
+  (``c0`` and ``coeffs`` are zero-valued surrogates; ``c0`` may be ``None``). Straight-line sites evaluate ``F`` as
+  the continuation ``k`` (:func:`coupled_estimate`, or the strategy's own ``jvp_estimate``); sites in map lanes and
+  loop bodies re-run the program from the map or loop with that one value replaced (``ppl.transforms.adev``).
 
 A *surrogate* is a scalar whose value is the estimate and whose derivative (``jax.jvp`` / ``jax.grad``) is the
 tangent estimate: ADEV's dual number, represented so that JAX's own forward and reverse modes apply to it.
@@ -56,10 +61,24 @@ class Strategy:
     def cost(self, score: Any) -> Any:
         return jnp.zeros_like(score)
 
+    def couple(self, key: Any, d: Any) -> tuple[Any, Any, Any, Any]:
+        raise NotImplementedError
+
     def jvp_estimate(self, key: Any, d: Any, k: Any) -> Any:
-        """Surrogate of ``E[k(x)]`` (the one-call form, from ``sample``/``cost``)."""
+        """Surrogate of ``E[k(x)]``: the one-call form from ``sample``/``cost``, the multi-call one from ``couple``."""
+        if self.multi_call:
+            return coupled_estimate(self.couple(key, d), k)
         x, score = self.sample(key, d)
         return weighted(k(x), score) + self.cost(score)
 
     def __repr__(self) -> str:
         return self.name
+
+
+def coupled_estimate(coupling: tuple[Any, Any, Any, Any], k: Any) -> Any:
+    """``k(x) + c0·sg(k(x)) + Σ_j coeffs[j]·sg(k(values[j]))`` with the continuation ``k`` traced once (one ``vmap``
+    over ``x`` and the values; only ``k(x)`` carries its derivative)."""
+    x, c0, values, coeffs = coupling
+    ls = jax.vmap(k)(jnp.concatenate([jnp.asarray(x)[None], values.astype(jnp.result_type(x))]))
+    out = ls[0] + jnp.sum(coeffs * sg(ls[1:]))
+    return out if c0 is None else out + c0 * sg(ls[0])

@@ -189,8 +189,16 @@ class Enum(_Base):
         _finite_support(d, addr, "enum")
 
     def jvp_estimate(self, key, d, k):
-        values = d.enumerate_support(expand=False).reshape((-1, *d.event_shape))
+        values = _support(d)
         return jnp.sum(jnp.exp(jax.vmap(lambda v: _sum_log_prob(d, v))(values)) * jax.vmap(k)(values))
+
+    def couple(self, key, d):
+        values = _support(d)
+        return sg(d.sample(key)), None, values, zero_valued(jnp.exp(jax.vmap(lambda v: _sum_log_prob(d, v))(values)))
+
+
+def _support(d):
+    return d.enumerate_support(expand=False).reshape((-1, *d.event_shape))
 
 
 _MVD = (nd.BernoulliProbs, nd.BernoulliLogits, nd.CategoricalProbs, nd.CategoricalLogits, nd.Poisson)
@@ -224,22 +232,19 @@ class MVD(_Base):
                 "Categorical, Poisson and Geometric (use enum or reinforce)"
             )
 
-    def jvp_estimate(self, key, d, k):
+    def couple(self, key, d):
         k1, k2 = jax.random.split(key)
         x = sg(d.sample(k1))
-        # k(x) carries the pathwise derivative; the correction needs k elsewhere as primal values only, so those
-        # calls are stop_gradient-ed (no backward pass through them).
-        lx = k(x)
-        if isinstance(d, nd.BernoulliProbs | nd.BernoulliLogits):
-            other = sg(k((1 - x).astype(x.dtype)))
-            return lx + sg(jnp.where(x > 0, lx - other, other - lx)) * zero_valued(d.probs)
-        if isinstance(d, nd.CategoricalProbs | nd.CategoricalLogits):
-            ls = sg(jax.vmap(k)(jnp.arange(d.probs.shape[-1], dtype=x.dtype)))
-            return lx + jnp.sum(ls * zero_valued(d.probs))
-        if isinstance(d, nd.Poisson):
-            return lx + sg(k(x + 1) - lx) * zero_valued(d.rate)
-        x2 = sg(d.sample(k2))
-        return lx + sg((lx - k(x + x2 + 1)) / d.probs) * zero_valued(d.probs)
+        if isinstance(d, nd.BernoulliProbs | nd.BernoulliLogits):  # (k(1) − k(0)) · p'
+            c = jnp.where(x > 0, 1.0, -1.0) * zero_valued(d.probs)
+            return x, c, (1 - x)[None].astype(x.dtype), -c[None]
+        if isinstance(d, nd.CategoricalProbs | nd.CategoricalLogits):  # Σ_j k(j) · π_j'
+            return x, None, jnp.arange(d.probs.shape[-1], dtype=x.dtype), zero_valued(d.probs)
+        if isinstance(d, nd.Poisson):  # (k(x + 1) − k(x)) · λ'
+            c = zero_valued(d.rate)
+            return x, -c, (x + 1)[None], c[None]
+        c = zero_valued(d.probs) / sg(d.probs)  # Geometric: (k(x) − k(x + x₂ + 1)) · p'/p
+        return x, c, (x + sg(d.sample(k2)) + 1)[None], -c[None]
 
 
 @final
@@ -274,6 +279,13 @@ class LeaveOneOut(_Base):
         scores = zero_valued(jax.vmap(lambda x: _sum_log_prob(d, x))(xs))
         b = (jnp.sum(sg(ls)) - sg(ls)) / (self.n - 1)
         return jnp.mean(weighted(ls, scores) - b * scores)
+
+    def couple(self, key, d):
+        # (1/n) Σ_j (F_j − mean_{i≠j} F_i) s_j  =  Σ_j F_j · (n·s_j − Σ_i s_i) / (n(n−1))
+        xs = sg(d.sample(key, (self.n,)))
+        s = zero_valued(jax.vmap(lambda x: _sum_log_prob(d, x))(xs))
+        c = (self.n * s - jnp.sum(s)) / (self.n * (self.n - 1))
+        return xs[0], c[0], xs[1:], c[1:]
 
     def __repr__(self):
         return f"leave_one_out({self.n})"

@@ -32,12 +32,12 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
+from ..core.lanes import vmap
 from ..gradients.base import Strategy, sg, zero_valued
 from ..gradients.strategies import detach, reinforce
 from ..transforms.adev import Expectation, expectation
 from ..transforms.strategy_rewrite import with_strategies
 from ..transforms.tracing import density, sim
-from ..transforms.vectorize import vmap
 
 GuideInputs = Callable[[Mapping[str, Any]], Any]
 """``guide_inputs(observations)``: extra positional arguments for an amortized guide (a value or a tuple)."""

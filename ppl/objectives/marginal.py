@@ -40,8 +40,8 @@ from typing import Any
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
+from ..core.lanes import vmap
 from ..transforms.tracing import GenFn, density, gen, record, sim
-from ..transforms.vectorize import vmap
 
 
 @dataclass(frozen=True)

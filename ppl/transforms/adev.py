@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jax
@@ -50,12 +50,14 @@ from ..core.interpreter import (
     State,
     control_flow_cps_rules,
     control_flow_rules,
+    map_rule,
     run,
+    scan_rule,
     zero,
 )
-from ..core.primitives import Site, cost_p, factor_p, sample_p
+from ..core.primitives import Site, cost_p, factor_p, map_p, sample_p
 from ..core.staging import Staged
-from ..gradients.base import weighted
+from ..gradients.base import sg, weighted
 from ..gradients.strategies import default_strategy
 
 # ---------------------------------------------------------------------------------------------- rules
@@ -63,36 +65,61 @@ from ..gradients.strategies import default_strategy
 
 def _adev_sample(interp, state, eqn, invals):
     site = Site.of(invals, **eqn.params)
-    if site.strategy_spec.multi_call:
-        where = "jax.vmap" if site.batched else " / ".join(state.where) or "this position"
-        raise PPLError(
-            f"{site.strategy_spec!r} at {site.addr!r} needs the rest of the program (its continuation), which is not "
-            f"available inside {where}. Hoist the site out of the loop / vmap, unroll the loop, or use a one-call "
-            "strategy (reinforce, baseline, reparam)."
-        )
     key, state = state.next_key()
-
-    def lane(d, s, k):
-        s = default_strategy(d) if s is None else s
-        s.check(d, site.addr)
-        x, score = s.sample(k, d)
-        score = jnp.asarray(score, zero().dtype)
-        return x, score, jnp.asarray(s.cost(score), zero().dtype)
-
-    x, score, cost = site.lanewise(lane, key)
-    return [x], state.add("S", jnp.sum(score)).add("acc", jnp.sum(cost))
+    d = site.dist()
+    s = site.strategy() or default_strategy(d)
+    s.check(d, site.addr)
+    dtype = eqn.outvars[0].aval.dtype
+    if s.multi_call:  # in a map lane or a loop body: sample, and ask the enclosing map / loop for the correction
+        x, c0, values, coeffs = s.couple(key, d)
+        sid = state.path + (id(eqn),)
+        x = interp.replaced(sid, state.index, jnp.asarray(x, dtype))
+        if not interp.value_only:
+            if c0 is not None:
+                values, coeffs = jnp.concatenate([x[None], values.astype(dtype)]), jnp.concatenate([c0[None], coeffs])
+            state = state.request(sid, (values.astype(dtype), jnp.asarray(coeffs, zero().dtype)))
+        return [x], state
+    x, score = s.sample(key, d)
+    score = jnp.asarray(score, zero().dtype)
+    return [x], state.add("S", score).add("acc", jnp.asarray(s.cost(score), zero().dtype))
 
 
 def _adev_sample_cps(interp, state, eqn, invals, k):
     site = Site.of(invals, **eqn.params)
-    if site.batched:
-        return _adev_sample(interp, state, eqn, invals)  # raises the vmap error
     key, state = state.next_key()
     d, s = site.dist(), site.strategy()
     s.check(d, site.addr)
     dtype = eqn.outvars[0].aval.dtype
     acc, rest = state.carry["acc"], replace(state, carry={**state.carry, "acc": zero()})
     return acc + s.jvp_estimate(key, d, lambda x: k([jnp.asarray(x, dtype)], rest))
+
+
+def _block_cps(rule):
+    """A map or loop that holds multi-call sites, with the rest of the program ``k``.
+
+    Run it once (the sites sample and return their couplings ``(values, coeffs)``, stacked over lanes / iterations),
+    then, for each site, re-run *this block and the rest of the program* with the same keys and one lane's (or
+    iteration's) choice replaced by one of its values — all of them under one ``vmap`` — and add
+    ``Σ coeffs · sg(re-run)``. The re-runs are values only (``ADEV.value_only``).
+    """
+
+    def cps(interp, state, eqn, invals, k):
+        outs, after = rule(interp, replace(state, requests={}), eqn, invals)
+        total = k(outs, replace(after, requests=state.requests))
+        for sid, (values, coeffs) in after.requests.items():
+            grid, m = coeffs.shape[:-1], coeffs.shape[-1]
+            index = jnp.repeat(jnp.indices(grid).reshape(len(grid), -1).T, m, axis=0)
+            flat_values = values.reshape((-1, *values.shape[len(grid) + 1 :]))
+
+            def rerun(idx, v, sid=sid):
+                other = replace(interp, value_only=True, replace_site=sid, replace_index=idx, replace_value=v)
+                o, st = rule(other, state, eqn, invals)
+                return k(o, replace(st, requests={}), other)
+
+            total = total + jnp.sum(coeffs.reshape(-1) * sg(jax.vmap(rerun)(index, flat_values)))
+        return total
+
+    return cps
 
 
 def _adev_cost(interp, state, eqn, invals):
@@ -114,18 +141,45 @@ def _eqn_multi_call(eqn) -> bool:
     return any(map(_has_multi_call, subjaxprs(eqn)))
 
 
+@dataclass(frozen=True)
 class ADEV(Interpretation):
-    """The ADEV interpretation (see the module docstring)."""
+    """The ADEV interpretation (see the module docstring).
 
+    ``value_only``: the re-runs of a multi-call correction, which need the value of the rest of the program and no
+    derivative: every site samples (as in the main run, same keys), nothing is corrected. ``replace_*``: the one site
+    (path, lane / iteration index) whose value a re-run replaces.
+    """
+
+    value_only: bool = False
+    replace_site: Any = None
+    replace_index: Any = None
+    replace_value: Any = None
     name = "adev"
+    inherited = frozenset({"S"})  # a lane's costs are weighted by the scores before the map and its own
     rules = RuleTable({sample_p: _adev_sample, factor_p: _ignore, cost_p: _adev_cost, **control_flow_rules()})
-    cps_rules = RuleTable({sample_p: _adev_sample_cps, **control_flow_cps_rules()})
+    cps_rules = RuleTable(
+        {
+            sample_p: _adev_sample_cps,
+            **control_flow_cps_rules(),
+            "scan": _block_cps(scan_rule),
+            map_p: _block_cps(map_rule),
+        }
+    )
 
     def wants_continuation(self, eqn):
-        return self.cps_rules.get(eqn.primitive) is not None and _eqn_multi_call(eqn)
+        return not self.value_only and self.cps_rules.get(eqn.primitive) is not None and _eqn_multi_call(eqn)
+
+    def may_request(self, eqn):
+        return not self.value_only and _eqn_multi_call(eqn)
+
+    def replaced(self, sid: Any, index: tuple[Any, ...], x: Any) -> Any:
+        if self.replace_site != sid:
+            return x
+        hit = jnp.all(jnp.stack([jnp.asarray(i) for i in index]) == self.replace_index) if index else True
+        return jnp.where(hit, jnp.asarray(self.replace_value, x.dtype), x)
 
 
-def _finish(outs, state):
+def _finish(outs, state, interp=None):
     return state.carry["acc"] + weighted(outs[0], state.carry["S"])
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -40,10 +40,7 @@ def _set_strategy(interp, state, eqn, invals):
     if new is None:
         return [sample_p.bind(*invals, **eqn.params)], state
     sleaves, stree = jax.tree_util.tree_flatten(new)
-    spec = site.spec
-    batch = tuple((n, axes[: spec.num_leaves] + (None,) * len(sleaves)) for n, axes in spec.batch)
-    spec = replace(spec, batch=batch)
-    x = sample_p.bind(*site.dist_leaves, *sleaves, addr=site.addr, dist=spec, strategy=StrategySpec(stree))
+    x = sample_p.bind(*site.dist_leaves, *sleaves, addr=site.addr, dist=site.spec, strategy=StrategySpec(stree))
     return [x], state
 
 
@@ -53,6 +50,7 @@ class SetStrategies(Interpretation):
     default: Strategy | None
     matched: set[str] = field(default_factory=set)
     name = "with_strategies"
+    rewrites = True
     rules = RuleTable({sample_p: _set_strategy, factor_p: rebind, cost_p: rebind, **control_flow_rules()})
 
     def choose(self, addr: str, current: StrategySpec) -> Strategy | None:

@@ -51,7 +51,7 @@ from ..core.staging import ArgSplit, Staged
 
 
 def _draw(site: Site, key: Any) -> Any:
-    return site.lanewise(lambda d, s, k: d.sample(k), key)
+    return site.dist().sample(key)
 
 
 def _seed_sample(interp, state, eqn, invals):
@@ -118,6 +118,10 @@ class Tracing(Interpretation):
     rules = RuleTable(
         {sample_p: _tracing_sample, factor_p: _tracing_factor, cost_p: _tracing_cost, **control_flow_rules()}
     )
+
+    @property
+    def rewrites(self) -> bool:  # type: ignore[override]
+        return not self.draw
 
     def loop_data(self, addrs):
         return tuple({a: v for a, v in m.items() if a in addrs} for m in (self.constraints, self.fixed))
