@@ -41,14 +41,14 @@ CHECKS = [
         "enum-batched",
         ppl.enum,
         lambda t: dist.Bernoulli(logits=jnp.full(3, t)),
-        r"enum at 'flip'.*batch shape \(3,\).*own address",
+        r"enum at 'flip'.*batch shape \(3,\).*jax\.vmap or ppl\.vmap",
     ),
     ("mvd-batched", ppl.mvd, lambda t: dist.Bernoulli(logits=jnp.full(3, t)), r"mvd at 'flip'.*batch shape"),
     (
         "enum-to-event",
         ppl.enum,
         lambda t: dist.Bernoulli(logits=jnp.full(3, t)).to_event(1),
-        r"enum at 'flip'.*batch shape \(3,\).*own address",
+        r"enum at 'flip'.*batch shape \(3,\).*jax\.vmap or ppl\.vmap",
     ),
     ("mvd-to-event", ppl.mvd, lambda t: dist.Bernoulli(logits=jnp.full(3, t)).to_event(1), r"mvd at 'flip'.*batch"),
 ]

@@ -320,6 +320,12 @@ def map_rule(interp, state, eqn, invals):
     in ``inherited`` start at the current value) and their increments are summed over lanes; its choices get the
     lane axis in front. A ``cond`` in the lane is interpreted per lane before ``jax.vmap`` sees it.
     """
+    return map_lanes_rule(interp, state, eqn, invals)[:2]
+
+
+def map_lanes_rule(interp, state, eqn, invals):
+    """:func:`map_rule`, also returning the per-lane accumulators and ``lane(i, start, *args)``, which runs lane
+    ``i`` alone (ADEV re-runs one lane of a map)."""
     p = eqn.params
     body, size, in_axes = p["body"], p["size"], p["in_axes"]
     body_addrs = addresses(body)
@@ -331,7 +337,7 @@ def map_rule(interp, state, eqn, invals):
     inner = state.enter(eqn)
     start = {n: v if n in interp.inherited else jnp.zeros_like(v) for n, v in state.carry.items()}
 
-    def lane(i, data_i, start, *args):
+    def lane(i, data_i, start, *args, interp=interp):
         key = None if block_key is None else jax.random.fold_in(block_key, i)
         st = State(key=key, carry=start, where=inner.where, path=inner.path, index=state.index + (i,))
         outs, st = run(interp.for_iteration(data_i), body, args, st)
@@ -341,7 +347,7 @@ def map_rule(interp, state, eqn, invals):
         lane, size, (0, 0, None, *in_axes), (jnp.arange(size), data, start, *invals), interp.rewrites
     )
     carry = {n: state.carry[n] + jnp.sum(carries[n] - start[n], axis=0) for n in state.carry}
-    return list(outs), _merge(state, eqn, body_addrs, carry, choices, requests)
+    return list(outs), _merge(state, eqn, body_addrs, carry, choices, requests), carries, start, lane
 
 
 def _zeros(shapes):

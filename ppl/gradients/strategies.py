@@ -17,8 +17,9 @@ Sharp edges:
       ``k``: each level is one ``vmap``).
     * The continuation calls of ``enum``, ``mvd`` and ``leave_one_out`` share the downstream randomness (common random
       numbers): each call is an unbiased estimate, so their combination is too.
-    * Multi-call strategies need the continuation, which a ``lax.scan`` body or a ``vmap``-ed site does not have:
-      there they are an error that suggests hoisting the site or unrolling the loop.
+    * In a ``lax.scan`` body or a map lane a multi-call site samples its value and each of its calls is a re-run of
+      the loop / map and the rest of the program with that one value replaced (same keys): ``T × calls`` re-runs for
+      a loop of length ``T``, ``N × calls`` for ``N`` lanes.
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def _finite_support(d, addr, who):
     if batch != ():
         raise StrategyError(
             f"{who} at {addr!r}: the distribution has batch shape {batch}; enumerating it jointly costs "
-            "|support|^n continuation calls. Sample each component at its own address (or use reinforce)"
+            "|support|^n continuation calls. Map one scalar site over the components instead (jax.vmap or ppl.vmap: "
+            "n·|support| calls), or use reinforce"
         )
 
 
@@ -179,7 +181,9 @@ def _finite_support(d, addr, who):
 @_register
 class Enum(_Base):
     """Exact enumeration over a finite support: ``Σ_v p(v; θ) k(v)``, with ``k`` run under ``vmap`` over the
-    support. Calls: |support|."""
+    support. Calls: |support|. In a map lane or a loop body: the value goes on sampled, and the derivative of the
+    choice is ``Σ_v ∂p(v) · F(v)`` with ``F(v)`` a same-key re-run of the map / loop and the rest of the program:
+    ``lanes × |support|`` re-runs (``T × |support|`` for a loop of length ``T``)."""
 
     name = "enum"
     calls = "|support|"
@@ -216,7 +220,9 @@ class MVD(_Base):
     * Poisson(λ): ``k(x)`` + ``(k(x + 1) − k(x)) · λ'``;
     * Geometric(p) (failures before the first success): ``k(x)`` + ``(k(x) − k(x + x₂ + 1)) · p'/p``, x₂ a fresh
       Geometric(p).
-    The values in the correction are primal (no derivative flows through them).
+    The values in the correction are primal (no derivative flows through them). In a map lane or a loop body each
+    ``k(v)`` is a same-key re-run of the map / loop and the rest of the program: ``lanes × 2`` re-runs for
+    Bernoulli, Poisson, Geometric (``lanes × |support|`` for Categorical).
     """
 
     name = "mvd"
@@ -225,7 +231,10 @@ class MVD(_Base):
 
     def check(self, d, addr):
         if (batch := _batch_shape(d)) != ():
-            raise StrategyError(f"mvd at {addr!r}: batch shape {batch}; sample each component separately")
+            raise StrategyError(
+                f"mvd at {addr!r}: batch shape {batch}; map one scalar site over the components instead (jax.vmap or "
+                "ppl.vmap), or use reinforce"
+            )
         if not isinstance(d, _MVD + _GEOMETRIC):
             raise StrategyError(
                 f"mvd at {addr!r}: no measure-valued derivative for {type(d).__name__}; mvd covers Bernoulli, "
@@ -253,7 +262,9 @@ class LeaveOneOut(_Base):
     """REINFORCE over ``n`` samples with the leave-one-out baseline (RLOO, Kool et al. 2019):
     ``(1/n) Σ_i [k(x_i)' + (k(x_i) − mean_{j≠i} k(x_j)) · ∂ log p(x_i)]``. Calls: n.
 
-    ``leave_one_out(n)`` sets the number of samples (default 4). Its value estimate is the mean of the n calls.
+    ``leave_one_out(n)`` sets the number of samples (default 4). Its value estimate is the mean of the n calls. In
+    a map lane or a loop body the program goes on with the first sample (its pathwise derivative) and the score terms
+    use ``n`` same-key re-runs of the map / loop and the rest of the program: ``lanes × n`` re-runs.
     """
 
     name = "leave_one_out"
@@ -271,7 +282,10 @@ class LeaveOneOut(_Base):
 
     def check(self, d, addr):
         if d.batch_shape != ():
-            raise StrategyError(f"leave_one_out at {addr!r}: batch shape {d.batch_shape}; use reinforce")
+            raise StrategyError(
+                f"leave_one_out at {addr!r}: batch shape {d.batch_shape}; map one scalar site over the components "
+                "instead (jax.vmap or ppl.vmap), or use reinforce"
+            )
 
     def jvp_estimate(self, key, d, k):
         xs = sg(d.sample(key, (self.n,)))

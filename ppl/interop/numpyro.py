@@ -102,14 +102,12 @@ class Subsample(nd.Distribution):
     ``log_density`` leaves plates out: it is a constant that cancels between a guide and a model sharing the plate.
     """
 
-    pytree_data_fields = ("anchor",)
     pytree_aux_fields = ("size", "subsample_size")
     arg_constraints: dict[str, Any] = {}
     support = constraints.nonnegative_integer
 
     def __init__(self, size: int, subsample_size: int):
         self.size, self.subsample_size = int(size), int(subsample_size)
-        self.anchor = jnp.zeros(())  # an array leaf, so the site has an operand (ppl.vmap ties lanes to it)
         super().__init__(batch_shape=(), event_shape=(self.subsample_size,))
 
     def sample(self, key: Any, sample_shape: tuple[int, ...] = ()) -> jax.Array:

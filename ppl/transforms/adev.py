@@ -12,7 +12,9 @@ so JAX's own forward *and* reverse modes apply to it directly:
   Rao-Blackwellization (a site's score multiplies only what comes after it). It works inside ``lax.scan``: ``S``
   and the cost accumulator join the carry;
 * a multi-call strategy (enum, mvd, leave_one_out) gets the continuation — the remaining equations — as a function
-  and calls it (under ``vmap``) as many times as it needs.
+  and calls it (under ``vmap``) as many times as it needs. In a map lane or a loop body it samples and hands its
+  coupling to the outermost enclosing map / loop, which re-runs itself and the rest of the program with the same
+  keys and that one choice replaced (``docs/design.md``, "Multi-call strategies in map lanes and loop bodies").
 
 >>> import jax, numpyro.distributions as dist, ppl
 >>> @ppl.expectation
@@ -24,8 +26,8 @@ so JAX's own forward *and* reverse modes apply to it directly:
 True
 
 Sharp edges:
-    * Multi-call strategies inside ``lax.scan`` / ``fori_loop`` or at a ``vmap``-ed site are an error (the loop body
-      has no continuation); hoist the site out of the loop or unroll it.
+    * A multi-call site inside a loop of length ``T`` or a map of ``N`` lanes costs ``T·|values|`` (``N·|values|``)
+      re-runs of the whole loop (map) and the rest of the program: ``O(T²)`` work, program size flat in ``T``.
     * A ``cond`` whose branch holds a multi-call site gets the rest of the program traced into each branch.
     * Only first derivatives are estimated unbiasedly (``jax.hessian`` of the surrogate is not an ADEV estimator).
     * Addresses need not be unique inside an expectation (two ``sim`` calls of one family repeat its addresses; no
@@ -50,6 +52,7 @@ from ..core.interpreter import (
     State,
     control_flow_cps_rules,
     control_flow_rules,
+    map_lanes_rule,
     map_rule,
     run,
     scan_rule,
@@ -100,11 +103,16 @@ def _block_cps(rule):
     Run it once (the sites sample and return their couplings ``(values, coeffs)``, stacked over lanes / iterations),
     then, for each site, re-run *this block and the rest of the program* with the same keys and one lane's (or
     iteration's) choice replaced by one of its values — all of them under one ``vmap`` — and add
-    ``Σ coeffs · sg(re-run)``. The re-runs are values only (``ADEV.value_only``).
+    ``Σ coeffs · sg(re-run)``. The re-runs are values only (``ADEV.value_only``). A map re-runs only the lane that
+    holds the replaced choice (the others do not depend on it) and splices it into the main run's outputs.
     """
 
     def cps(interp, state, eqn, invals, k):
-        outs, after = rule(interp, replace(state, requests={}), eqn, invals)
+        is_map = eqn.primitive is map_p
+        if is_map:
+            outs, after, carries, start, lane = map_lanes_rule(interp, replace(state, requests={}), eqn, invals)
+        else:
+            outs, after = rule(interp, replace(state, requests={}), eqn, invals)
         total = k(outs, replace(after, requests=state.requests))
         for sid, (values, coeffs) in after.requests.items():
             grid, m = coeffs.shape[:-1], coeffs.shape[-1]
@@ -113,8 +121,16 @@ def _block_cps(rule):
 
             def rerun(idx, v, sid=sid):
                 other = replace(interp, value_only=True, replace_site=sid, replace_index=idx, replace_value=v)
-                o, st = rule(other, state, eqn, invals)
-                return k(o, replace(st, requests={}), other)
+                if not is_map:
+                    o, st = rule(other, state, eqn, invals)
+                    return k(o, replace(st, requests={}), other)
+                i = idx[0]
+                axes = eqn.params["in_axes"]
+                args = [x if ax is None else jnp.take(x, i, axis=ax) for x, ax in zip(invals, axes, strict=True)]
+                o_i, c_i, _, _ = lane(i, None, start, *args, interp=other)
+                o = [x.at[i].set(y) for x, y in zip(outs, o_i, strict=True)]
+                carry = {n: after.carry[n] + c_i[n] - carries[n][i] for n in after.carry}
+                return k(o, replace(after, carry=carry, requests={}), other)
 
             total = total + jnp.sum(coeffs.reshape(-1) * sg(jax.vmap(rerun)(index, flat_values)))
         return total
