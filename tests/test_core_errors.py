@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 import pytest
 from jax import lax
@@ -197,3 +198,21 @@ def test_bad_scope_name():
     with pytest.raises(ValueError, match=r"scope name must be a non-empty string without '/'"):
         with ppl.scope("a/b"):
             pass
+
+
+def test_factor_inside_an_expectation_is_an_error():
+    # was: silently dropped (an expectation with factor(100.) estimated 1.004)
+    @ppl.expectation
+    def f(t):
+        ppl.factor(100.0)
+        return ppl.sample("x", dist.Normal(t, 1.0))
+
+    with pytest.raises(ppl.PPLError, match=r"ppl\.factor in an expectation.*add_cost.*ppl\.density"):
+        f.estimate(KEY, 0.0)
+
+    @ppl.expectation
+    def g(t):  # a factor inside a model scored with density is the model's
+        model = ppl.gen(lambda: ppl.factor(2.0 * t))
+        return ppl.density(model, {})
+
+    np.testing.assert_allclose(g.grad_estimate(KEY, 1.0), 2.0)

@@ -346,3 +346,4 @@ def test_readme_quick_start_iwae_with_mvd_runs():
     obj = ppl.iwae(_bern_model, _bern_guide, {"x": 2.0}, K=5, strategies={"z": ppl.mvd})
     value, (g_model, g_guide) = obj.value_and_grad_estimate(KEY, (), (0.0,))
     assert np.isfinite(value) and np.isfinite(g_guide[0])
+

@@ -142,8 +142,13 @@ def _adev_cost(interp, state, eqn, invals):
     return [], state.add("acc", weighted(invals[0], state.carry["S"]))
 
 
-def _ignore(interp, state, eqn, invals):
-    return [], state
+def _factor_in_expectation(interp, state, eqn, invals):
+    where = f" (inside {' / '.join(state.where)})" if state.where else ""
+    raise PPLError(
+        f"ppl.factor in an expectation{where}: an expectation has a value, not a density, so a factor would be "
+        "dropped. Use ppl.add_cost(c) to add c to the value, or put the factor in a model and score it with "
+        "ppl.density / ppl.sim."
+    )
 
 
 @functools.lru_cache(maxsize=8192)
@@ -172,7 +177,9 @@ class ADEV(Interpretation):
     replace_value: Any = None
     name = "adev"
     inherited = frozenset({"S"})  # a lane's costs are weighted by the scores before the map and its own
-    rules = RuleTable({sample_p: _adev_sample, factor_p: _ignore, cost_p: _adev_cost, **control_flow_rules()})
+    rules = RuleTable(
+        {sample_p: _adev_sample, factor_p: _factor_in_expectation, cost_p: _adev_cost, **control_flow_rules()}
+    )
     cps_rules = RuleTable(
         {
             sample_p: _adev_sample_cps,
