@@ -36,11 +36,12 @@ import ppl
 from tests.stats import assert_unbiased, keys
 
 _HC = [HealthCheck.too_slow, HealthCheck.data_too_large]
-settings.register_profile("ppl-ci", max_examples=12, derandomize=True, deadline=None, suppress_health_check=_HC)
+settings.register_profile("ppl-ci", max_examples=20, derandomize=True, deadline=None, suppress_health_check=_HC)
 settings.register_profile("ppl-slow", max_examples=500, derandomize=True, deadline=None, suppress_health_check=_HC)
 PROFILE = "ppl-slow" if os.environ.get("PPL_SLOW") else "ppl-ci"
-MAX_CHOICES = 8
-N = 6000  # estimates per expectation check
+MAX_CHOICES = 8  # Bernoulli choices per execution: at most 256 paths
+MAX_STMTS, MAX_SITES = 10, 6  # statements and Bernoulli sites in the program text
+N = 20_000  # estimates per expectation check (compile time dominates; the runs are cheap)
 THETA = 0.3
 
 # ------------------------------------------------------------------------- descriptions
@@ -74,8 +75,7 @@ class Weight:
 
 @dataclass(frozen=True)
 class Cond:
-    then: tuple
-    orelse: tuple
+    branches: tuple  # 2: lax.cond on prev; 3: lax.switch on prev + (lane > 0.5)
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ STRATS = {"reinforce": ppl.reinforce, "enum": ppl.enum, "mvd": ppl.mvd, "loo": p
 
 @st.composite
 def programs(draw, gauss: bool = True):
-    n_addr = [0]
+    n_addr, left = [0], [MAX_STMTS, MAX_SITES]  # statements and Bernoulli sites left (compile time)
 
     def fresh(p):
         n_addr[0] += 1
@@ -118,11 +118,15 @@ def programs(draw, gauss: bool = True):
     def block(depth, budget):
         stmts, used = [], 0
         for _ in range(draw(st.integers(1, 3))):
+            if left[0] <= 0:
+                break
+            left[0] -= 1
             rem = budget - used
             kinds = ["site", "site", "weight"] + (["gauss"] if gauss else [])
             kinds += ["cond", "scan", "map", "map"] if depth < 2 and rem >= 1 else []
             kind = draw(st.sampled_from(kinds))
-            if kind == "site" and rem >= 1:
+            if kind == "site" and rem >= 1 and left[1] > 0:
+                left[1] -= 1
                 stmts.append(site())
                 used += 1
             elif kind == "gauss":
@@ -130,12 +134,11 @@ def programs(draw, gauss: bool = True):
             elif kind == "weight" or kind == "site":
                 stmts.append(Weight(draw(COEF), draw(COEF), draw(COEF)))
             elif kind == "cond":
-                (then, u1), (orelse, u2) = block(depth + 1, rem), block(depth + 1, rem)
-                both = then and orelse and isinstance(then[0], Site) and isinstance(orelse[0], Site)
-                if both and draw(st.booleans()):
-                    orelse = (dataclasses.replace(orelse[0], addr=then[0].addr),) + orelse[1:]  # one address, two sites
-                stmts.append(Cond(then, orelse))
-                used += max(u1, u2)
+                brs, us = zip(*[block(depth + 1, rem) for _ in range(draw(st.sampled_from([2, 3])))], strict=True)
+                if all(b and isinstance(b[0], Site) for b in brs) and draw(st.booleans()):  # one address, n sites
+                    brs = [brs[0]] + [(dataclasses.replace(b[0], addr=brs[0][0].addr),) + b[1:] for b in brs[1:]]
+                stmts.append(Cond(tuple(brs)))
+                used += max(us)
             else:
                 n = draw(st.sampled_from([n for n in (2, 3, 1) if n <= rem]))
                 body, u = block(depth + 1, rem // n)
@@ -171,8 +174,11 @@ def run(block, theta, prev, lane, expect):
             else:
                 ppl.factor(dist.Normal(s.w0 + s.w1 * prev, 1.0).log_prob(s.w2))
         elif isinstance(s, Cond):
-            br = [lambda p, b=b: run(b, theta, p, lane, expect) for b in (s.orelse, s.then)]
-            prev = lax.cond(prev > 0.5, br[1], br[0], prev)
+            br = [lambda p, b=b: run(b, theta, p, lane, expect) for b in s.branches]
+            if len(br) == 2:
+                prev = lax.cond(prev > 0.5, br[1], br[0], prev)
+            else:
+                prev = lax.switch(jnp.where(prev > 0.5, 1, 0) + jnp.where(lane > 0.5, 1, 0), br, prev)
         elif isinstance(s, Scan):
             prev, _ = lax.scan(lambda c, _, s=s: (run(s.body, theta, c, lane, expect), None), prev, None, s.length)
         else:
@@ -239,7 +245,8 @@ class Walk:
                 self.cost += (s.w0 + s.w1 * th) * prev + s.w2
                 self.dcost += s.w1 * prev
             elif isinstance(s, Cond):
-                prev = self.block(s.then if prev > 0.5 else s.orelse, prev, lane, idx)
+                k = int(prev > 0.5) + (int(lane > 0.5) if len(s.branches) == 3 else 0)
+                prev = self.block(s.branches[k], prev, lane, idx)
             elif isinstance(s, Scan):
                 for t in range(s.length):
                     prev = self.block(s.body, prev, lane, idx + (t,))
@@ -255,8 +262,8 @@ def shapes(block, dims=()):
         if isinstance(s, Site | Gauss):
             out[s.addr] = dims
         elif isinstance(s, Cond):
-            out.update(shapes(s.then, dims))
-            out.update(shapes(s.orelse, dims))
+            for b in s.branches:
+                out.update(shapes(b, dims))
         elif isinstance(s, Scan):
             out.update(shapes(s.body, dims + (s.length,)))
         elif isinstance(s, Map):

@@ -19,12 +19,14 @@ Sharp edges:
     * ``p_wake``/``q_wake`` follow reweighted wake-sleep: their gradients are the self-normalized wake-phase
       updates (consistent, biased for finite ``N``), with the guide's samples held fixed (``detach``); their value
       is the IWAE estimate of ``log p(x)`` (``p_wake``) or of ``E_p[log q]`` (``q_wake``).
-    * ``vimco`` forces ``reinforce`` on the guide's sites (its control variates assume score-function terms);
-      ``dreg_iwae`` needs reparameterizable guide sites.
+    * ``vimco`` forces ``reinforce`` on the guide's sites (its control variates assume score-function terms) and
+      rejects other strategies; ``dreg_iwae`` rejects guide sites that are not reparameterized (both name the site).
+    * Data must not name an address the guide samples (an error): the observation would replace the guide's draw.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,12 +34,13 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
+from ..core.interpreter import PPLError
 from ..core.lanes import vmap
-from ..gradients.base import Strategy, sg, zero_valued
-from ..gradients.strategies import detach, reinforce
+from ..gradients.base import Strategy, StrategyError, sg, zero_valued
+from ..gradients.strategies import ImplicitReparam, Reinforce, Reparam, default_strategy, detach, reinforce
 from ..transforms.adev import Expectation, expectation
 from ..transforms.strategy_rewrite import with_strategies
-from ..transforms.tracing import density, sim
+from ..transforms.tracing import GenFn, density, sim, sites
 
 GuideInputs = Callable[[Mapping[str, Any]], Any]
 """``guide_inputs(observations)``: extra positional arguments for an amortized guide (a value or a tuple)."""
@@ -57,6 +60,32 @@ def _resolve(data, obs, model_args, guide_args, guide_inputs):
     return d, _tuple(model_args), gargs
 
 
+def _joint(z: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's choices: the guide's draws and the observations, which must not overlap."""
+    clash = sorted(set(z) & set(data))
+    if clash:
+        raise PPLError(
+            f"data names {clash}, which the guide samples: the observation would silently replace the guide's draw "
+            "in the model. Observed and latent addresses must be disjoint: drop them from the data (or from the guide)"
+        )
+    return {**z, **data}
+
+
+def _check_reparameterized(who: str, guide: Any, args: tuple[Any, ...], strategies: Mapping[str, Strategy] | None):
+    """Every guide site must be reparameterized (DReG's guide gradient assumes it)."""
+    if not isinstance(guide, GenFn):
+        return
+    for addr, d, s in sites(guide, *args):
+        chosen = next((v for p, v in (strategies or {}).items() if fnmatch.fnmatchcase(addr, p)), s)
+        chosen = default_strategy(d) if chosen is None else chosen
+        if not isinstance(chosen, Reparam | ImplicitReparam) or not d.has_rsample:
+            raise StrategyError(
+                f"{who}: guide site {addr!r} ({type(d).__name__}) uses {chosen!r}; the doubly reparameterized "
+                "estimator is only unbiased for reparameterized guide sites (reparam, implicit_reparam). Use "
+                "ppl.iwae (any strategy) for this guide"
+            )
+
+
 def _declare(obj: Expectation, strategies: Mapping[str, Strategy] | None) -> Expectation:
     return with_strategies(obj, strategies) if strategies else obj
 
@@ -66,7 +95,7 @@ def _log_weights(model, guide, data, model_args, guide_args, K):
 
     def particle():
         z, log_q = sim(guide, *guide_args)
-        return density(model, {**z, **data}, *model_args) - log_q
+        return density(model, _joint(z, data), *model_args) - log_q
 
     return vmap(particle, axis_size=K)()
 
@@ -85,7 +114,7 @@ def elbo(
     def elbo(model_args, guide_args, obs=None):
         d, margs, gargs = _resolve(data, obs, model_args, guide_args, guide_inputs)
         z, log_q = sim(guide, *gargs)
-        return density(model, {**z, **d}, *margs) - log_q
+        return density(model, _joint(z, d), *margs) - log_q
 
     return _declare(elbo, strategies)
 
@@ -135,6 +164,13 @@ def vimco(
     """
     if K < 2:
         raise ValueError("vimco needs K >= 2 particles")
+    for pat, st in (strategies or {}).items():
+        if not isinstance(st, Reinforce):
+            raise StrategyError(
+                f"vimco: strategy {st!r} for {pat!r}: VIMCO is a score-function estimator with its own leave-one-out "
+                "control variates, so its guide sites use reinforce. Use ppl.iwae(..., strategies=...) for other "
+                "strategies"
+            )
     guide = with_strategies(guide, {"*": reinforce})
 
     @expectation
@@ -143,7 +179,7 @@ def vimco(
 
         def particle():
             z, log_q = sim(guide, *gargs)
-            return density(model, {**z, **d}, *margs) - log_q, log_q
+            return density(model, _joint(z, d), *margs) - log_q, log_q
 
         w, log_q = vmap(particle, axis_size=K)()
         L = logsumexp(w) - jnp.log(K)
@@ -168,14 +204,15 @@ def dreg_iwae(
     @expectation
     def dreg_iwae(model_args, guide_args, obs=None):
         d, margs, gargs = _resolve(data, obs, model_args, guide_args, guide_inputs)
+        _check_reparameterized("dreg_iwae", guide, gargs, strategies)
         fixed_guide = jax.tree_util.tree_map(sg, gargs)
         fixed_model = jax.tree_util.tree_map(sg, margs)
 
         def particle():
             z, _ = sim(guide, *gargs)
-            path = density(model, {**z, **d}, *fixed_model) - density(guide, z, *fixed_guide)
+            path = density(model, _joint(z, d), *fixed_model) - density(guide, z, *fixed_guide)
             zs = jax.tree_util.tree_map(sg, z)
-            model_term = density(model, {**zs, **d}, *margs)
+            model_term = density(model, _joint(zs, d), *margs)
             return path, model_term
 
         path, model_term = vmap(particle, axis_size=K)()
@@ -199,7 +236,7 @@ def p_wake(
 
         def particle():
             z, log_q = sim(guide, *jax.tree_util.tree_map(sg, gargs))
-            return density(model, {**z, **d}, *margs), log_q
+            return density(model, _joint(z, d), *margs), log_q
 
         log_p, log_q = vmap(particle, axis_size=N)()
         w = sg(log_p - log_q)
@@ -221,7 +258,7 @@ def q_wake(
 
         def particle():
             z, log_q = sim(guide, *gargs)
-            return density(model, {**z, **d}, *jax.tree_util.tree_map(sg, margs)), log_q
+            return density(model, _joint(z, d), *jax.tree_util.tree_map(sg, margs)), log_q
 
         log_p, log_q = vmap(particle, axis_size=N)()
         wn = jax.nn.softmax(sg(log_p - log_q))

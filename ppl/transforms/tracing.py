@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .._jax_internals import subjaxprs
 from ..core.interpreter import (
     Interpretation,
     PPLError,
@@ -301,6 +302,25 @@ def record(
     interp = Tracing(dict(constraints or {}), dict(fixed or {}), draw=False)
     outs, st = run(interp, jaxpr, dyn, _initial(None))
     return st.choices, st.carry["score"], st.carry["weight"], jax.tree_util.tree_unflatten(out_tree, outs)
+
+
+def sites(q: GenFn, *args: Any) -> list[tuple[str, Any, Any]]:
+    """``(address, distribution, strategy written at the site or None)`` of every site of ``q`` called on ``args``
+    (distributions rebuilt with zeros of their parameters' shapes: for inspecting types, not values)."""
+    jaxpr, _, _ = q.staged.stage(args)
+    out = []
+
+    def walk(j):
+        for e in j.eqns:
+            if e.primitive is sample_p:
+                zeros = [jnp.zeros(v.aval.shape, v.aval.dtype) for v in e.invars]
+                site = Site.of(zeros, **e.params)
+                out.append((site.addr, site.dist(), site.strategy()))
+            for sub in subjaxprs(e):
+                walk(sub)
+
+    walk(jaxpr.jaxpr)
+    return out
 
 
 def density(p: Any, choices: Mapping[str, Any], *args: Any) -> Any:
