@@ -277,6 +277,23 @@ def _merge(state, eqn, body_addrs, carry, choices, requests):
     )
 
 
+def _enter_block(interp, state, eqn, body):
+    """Entering a loop or map: its addresses visited, its block key drawn, its per-iteration data; and
+    ``at(i, carry)``, the state that starts iteration / lane ``i`` (key ``fold_in(block_key, i)``)."""
+    body_addrs = addresses(body)
+    if interp.records:
+        for a in sorted(body_addrs):
+            state.visit(a)
+    block_key, state = state.next_key()
+    inner = state.enter(eqn)
+
+    def at(i, carry):
+        key = None if block_key is None else jax.random.fold_in(block_key, i)
+        return State(key=key, carry=carry, where=inner.where, path=inner.path, index=state.index + (i,))
+
+    return state, body_addrs, interp.loop_data(body_addrs), at
+
+
 def scan_rule(interp, state, eqn, invals):
     """Re-emit ``lax.scan`` with the interpretation's accumulators added to the carry and choices to the outputs.
 
@@ -286,20 +303,12 @@ def scan_rule(interp, state, eqn, invals):
     p = eqn.params
     (nconst, ncarry), length = scan_counts(p), p["length"]
     consts, init, xs = invals[:nconst], invals[nconst : nconst + ncarry], invals[nconst + ncarry :]
-    body_addrs = addresses(p["jaxpr"])
-    if interp.records:
-        for a in sorted(body_addrs):
-            state.visit(a)
-    block_key, state = state.next_key()
-    data = interp.loop_data(body_addrs)
-    inner = state.enter(eqn)
+    state, body_addrs, data, at = _enter_block(interp, state, eqn, p["jaxpr"])
 
     def body(carry_all, x_all):
         carry, acc = carry_all
         x, i, data_i = x_all
-        key = None if block_key is None else jax.random.fold_in(block_key, i)
-        st = State(key=key, carry=acc, where=inner.where, path=inner.path, index=state.index + (i,))
-        outs, st = run(interp.for_iteration(data_i), p["jaxpr"], [*consts, *carry, *x], st)
+        outs, st = run(interp.for_iteration(data_i), p["jaxpr"], [*consts, *carry, *x], at(i, acc))
         return (outs[:ncarry], st.carry), (outs[ncarry:], st.choices, st.requests)
 
     (carry, acc), (ys, choices, requests) = lax.scan(
@@ -328,19 +337,11 @@ def map_lanes_rule(interp, state, eqn, invals):
     ``i`` alone (ADEV re-runs one lane of a map)."""
     p = eqn.params
     body, size, in_axes = p["body"], p["size"], p["in_axes"]
-    body_addrs = addresses(body)
-    if interp.records:
-        for a in sorted(body_addrs):
-            state.visit(a)
-    block_key, state = state.next_key()
-    data = interp.loop_data(body_addrs)
-    inner = state.enter(eqn)
+    state, body_addrs, data, at = _enter_block(interp, state, eqn, body)
     start = {n: v if n in interp.inherited else jnp.zeros_like(v) for n, v in state.carry.items()}
 
     def lane(i, data_i, start, *args, interp=interp):
-        key = None if block_key is None else jax.random.fold_in(block_key, i)
-        st = State(key=key, carry=start, where=inner.where, path=inner.path, index=state.index + (i,))
-        outs, st = run(interp.for_iteration(data_i), body, args, st)
+        outs, st = run(interp.for_iteration(data_i), body, args, at(i, start))
         return outs, st.carry, st.choices, st.requests
 
     outs, carries, choices, requests = map_lanes(
