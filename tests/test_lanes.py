@@ -347,3 +347,25 @@ def test_readme_quick_start_iwae_with_mvd_runs():
     value, (g_model, g_guide) = obj.value_and_grad_estimate(KEY, (), (0.0,))
     assert np.isfinite(value) and np.isfinite(g_guide[0])
 
+
+
+def test_straight_line_multi_call_site_before_a_map_of_multi_call_sites():
+    th = 0.3
+
+    @ppl.expectation
+    def f(theta):
+        z0 = ppl.sample("z0", dist.Bernoulli(logits=theta), strategy=ppl.enum).astype(jnp.float32)
+        lanes = ppl.vmap(lambda: ppl.sample("z", dist.Bernoulli(logits=theta - z0), strategy=ppl.mvd), axis_size=2)
+        return (z0 + jnp.sum(lanes()) - 1.3) ** 2
+
+    def exact(theta):
+        tot = 0.0
+        for z0, a, b in itertools.product([0, 1], repeat=3):
+            p0, p = jax.nn.sigmoid(theta), jax.nn.sigmoid(theta - z0)
+            prob = (p0 if z0 else 1 - p0) * (p if a else 1 - p) * (p if b else 1 - p)
+            tot += prob * (z0 + a + b - 1.3) ** 2
+        return tot
+
+    v, g = jax.jit(jax.vmap(lambda k: f.value_and_grad_estimate(k, th)))(keys(20000, 13))
+    assert_unbiased(v, exact(th), max_stderr=0.01)
+    assert_unbiased(g, jax.grad(exact)(th), max_stderr=0.01)
