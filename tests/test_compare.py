@@ -167,3 +167,24 @@ def test_errors_name_the_assignment():
         compare_estimators(coin, (jnp.array(0.5),), key=0, num_samples=10, strategies={"x": "enum"})
     with pytest.raises(ValueError, match="num_samples"):
         compare_estimators(coin, (jnp.array(0.5),), key=0, num_samples=1, strategies={"x": ppl.enum})
+
+
+def test_a_biased_assignment_is_never_the_reference_or_best():
+    # was: detach (zero variance, biased) became the reference and best, flagging the unbiased rows (max |z| 179)
+    @ppl.expectation
+    def f(logit):
+        z = ppl.sample("z", dist.Bernoulli(logits=logit))
+        return (z - 0.3) ** 2 + logit**2
+
+    strategies = {"reinforce": {"z": ppl.reinforce}, "detach": {"z": ppl.detach}, "enum": {"z": ppl.enum}}
+    cmp = compare_estimators(f, (jnp.array(0.5),), key=jax.random.key(0), num_samples=2000, strategies=strategies,
+                             repeats=1)
+    assert cmp.reference == "enum" and cmp.best == "enum"
+    assert cmp["detach"]["biased"] and cmp["detach"]["biased_sites"] == ["z"]
+    assert not cmp["reinforce"]["biased"] and cmp["reinforce"]["max_abs_z"] < 4.0
+    assert cmp["detach"]["max_abs_z"] > 4.0 and "detach (biased)" in str(cmp)
+    forced = compare_estimators(f, (jnp.array(0.5),), key=jax.random.key(0), num_samples=200, strategies=strategies,
+                                repeats=1, reference="reinforce")
+    assert forced.reference == "reinforce"
+    with pytest.raises(ValueError, match=r"reference='nope' is not an assignment"):
+        compare_estimators(f, (jnp.array(0.5),), key=jax.random.key(0), strategies=strategies, reference="nope")

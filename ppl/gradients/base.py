@@ -51,6 +51,7 @@ class Strategy:
     name: ClassVar[str] = "strategy"
     calls: ClassVar[str] = "1"  # continuation calls, for the docs and compare_estimators
     multi_call: ClassVar[bool] = False
+    unbiased: ClassVar[bool] = True  # does it estimate the derivative without bias (detach does not)?
 
     def check(self, d: Any, addr: str) -> None:
         """Raise ``StrategyError`` naming ``addr`` if this strategy cannot estimate through ``d``."""

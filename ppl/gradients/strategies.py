@@ -95,6 +95,7 @@ class Detach(_Base):
     """
 
     name = "detach"
+    unbiased = False
 
     def sample(self, key, d):
         return sg(d.sample(key)), 0.0

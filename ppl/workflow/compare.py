@@ -5,7 +5,10 @@ For each named strategy assignment (``{"name": {"address glob": strategy}}``, ap
 same keys for every assignment — and report per gradient component the mean, its standard error and the variance,
 and per assignment the total variance (sum over components), the time per estimate (steady state, median of a few
 timed runs, compile time reported apart), the *work-normalized variance* ``total variance × time`` (lower is better:
-it is the variance you get for a fixed compute budget) and a bias check against the lowest-variance assignment.
+it is the variance you get for a fixed compute budget) and a bias check against a reference assignment: the one named
+by ``reference=``, else the lowest-variance assignment among those whose strategies are all unbiased (an exact one,
+such as ``enum``, when given). An assignment that uses a biased strategy (``detach``, as the wake phases do) is
+labelled ``biased`` and is never the reference or the best.
 
 >>> import jax, jax.numpy as jnp, numpyro.distributions as dist, ppl
 >>> from ppl.workflow import compare_estimators
@@ -28,9 +31,9 @@ Sharp edges:
     * The time per estimate is amortized over a vmapped batch of ``num_samples`` on the current device: the right
       measure for ``fit(..., num_particles=K)``, not the latency of one unbatched call. On a loaded machine it is
       noisy; ``repeats=`` takes the median of more runs.
-    * ``max |z|`` compares each assignment's mean gradient with the reference (lowest total variance) in standard
-      errors; above 4 it is flagged ``!`` — a biased strategy (e.g. wake-phase updates) or too few samples for a
-      heavy-tailed estimator. Equal means do not prove unbiasedness.
+    * ``max |z|`` compares each assignment's mean gradient with the reference in standard errors; above 4 it is
+      flagged ``!`` — a biased estimator or too few samples for a heavy-tailed one. Equal means do not prove
+      unbiasedness; a reference is only as good as its strategies (pass ``reference=`` an exact assignment).
     * All ``num_samples`` estimates are held in memory at once (``num_samples × number of parameters`` floats).
     * An assignment whose pattern matches no address is an error naming the assignment (as in ``with_strategies``).
 """
@@ -49,6 +52,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from .._jax_internals import subjaxprs
+from ..core.primitives import sample_p
 from ..gradients.base import Strategy
 from ..transforms.strategy_rewrite import with_strategies
 from .fit import as_args, as_key
@@ -81,15 +86,16 @@ class Comparison:
 
     @property
     def best(self) -> str:
-        """The assignment with the lowest work-normalized variance (total variance × time per estimate)."""
+        """The unbiased assignment with the lowest work-normalized variance (total variance × time per estimate)."""
         return min(
-            self.rows, key=lambda r: (_finite_or_inf(r["variance_x_time"]), _finite_or_inf(r["total_variance"]))
+            _unbiased_rows(self.rows),
+            key=lambda r: (_finite_or_inf(r["variance_x_time"]), _finite_or_inf(r["total_variance"])),
         )["name"]
 
     @property
     def reference(self) -> str:
-        """The assignment with the lowest total variance (the reference of the bias check)."""
-        return min(self.rows, key=lambda r: _finite_or_inf(r["total_variance"]))["name"]
+        """The reference of the bias check (``reference=``, else the lowest-variance unbiased assignment)."""
+        return next(r["name"] for r in self.rows if r["is_reference"])
 
     def __getitem__(self, name: str) -> dict[str, Any]:
         for r in self.rows:
@@ -141,6 +147,30 @@ def _assignments(strategies: Mapping[str, Any]) -> dict[str, dict[str, Strategy]
             )
         out[str(name)] = dict(m)
     return out
+
+
+def _unbiased_rows(rows):
+    unbiased = [r for r in rows if not r["biased"]]
+    return unbiased or list(rows)
+
+
+def _biased_sites(obj: Any, args: tuple[Any, ...]) -> list[str]:
+    """Addresses of the objective's sites (after the assignment) whose strategy is biased (``detach``)."""
+    jaxpr, _, _ = obj.staged.stage(args)
+    out = []
+
+    def walk(j):
+        for e in j.eqns:
+            if e.primitive is sample_p:
+                spec = e.params["strategy"]
+                s = spec.unflatten([0.0] * spec.treedef.num_leaves)
+                if s is not None and not s.unbiased:
+                    out.append(e.params["addr"])
+            for sub in subjaxprs(e):
+                walk(sub)
+
+    walk(jaxpr.jaxpr)
+    return sorted(set(out))
 
 
 def _calls(s: Strategy) -> str:
@@ -203,6 +233,7 @@ def compare_estimators(
     num_samples: int = 1000,
     plot: str | os.PathLike[str] | None = None,
     repeats: int = 5,
+    reference: str | None = None,
 ) -> Comparison:
     """Measure the gradient estimators of ``objective`` at ``args`` under several strategy assignments.
 
@@ -216,6 +247,8 @@ def compare_estimators(
         plot: a path: also write the figure there (PNG).
         repeats: at least this many timed runs per assignment (more, for 0.2 s, when they are fast); the median
             is reported.
+        reference: the name of the assignment the others' means are compared with (default: the lowest-variance
+            assignment whose strategies are all unbiased).
 
     Returns:
         a :class:`Comparison`: ``print`` it for the table.
@@ -225,6 +258,8 @@ def compare_estimators(
     if not (isinstance(repeats, int) and repeats >= 1):
         raise ValueError(f"compare_estimators: repeats must be a positive int, got {repeats!r}")
     assignments = _assignments(strategies)
+    if reference is not None and reference not in assignments:
+        raise ValueError(f"compare_estimators: reference={reference!r} is not an assignment; have {list(assignments)}")
     args_t, bare = as_args(args)
     leaves, treedef = jax.tree_util.tree_flatten(args_t)
     dyn_idx = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array | np.ndarray | np.generic)]
@@ -255,9 +290,12 @@ def compare_estimators(
         v = np.asarray(values, dtype=np.float64)
         per = batch_time / num_samples
         stats[name] = {"mean": g.mean(axis=0), "stderr": np.sqrt(var / num_samples), "variance": var}
+        biased_at = _biased_sites(obj, tuple(args_t))
         rows.append(
             {
                 "name": name,
+                "biased": bool(biased_at),
+                "biased_sites": biased_at,
                 "strategies": {p: repr(s) for p, s in mapping.items()},
                 "calls": {p: _calls(s) for p, s in mapping.items()},
                 "total_variance": float(var.sum()),
@@ -270,8 +308,9 @@ def compare_estimators(
                 "num_samples": num_samples,
             }
         )
-    ref = min(rows, key=lambda r: _finite_or_inf(r["total_variance"]))["name"]
+    ref = reference or min(_unbiased_rows(rows), key=lambda r: _finite_or_inf(r["total_variance"]))["name"]
     for r in rows:
+        r["is_reference"] = r["name"] == ref
         r["max_abs_z"] = _max_z(stats[r["name"]], stats[ref]) if r["name"] != ref else 0.0
     out = Comparison(getattr(objective, "__name__", "objective"), num_samples, components, tuple(rows), stats)
     if plot is not None:
@@ -318,7 +357,7 @@ def _table(c: Comparison, max_components: int = 12) -> str:
         desc = ", ".join(f"{p}={s}[{r['calls'][p]}]" for p, s in r["strategies"].items()) or "as written"
         body.append(
             [
-                r["name"] + (" *" if r["name"] == best else ""),
+                r["name"] + (" *" if r["name"] == best else "") + (" (biased)" if r["biased"] else ""),
                 desc,
                 f"{r['total_variance']:.4g}",
                 _fmt_time(r["time_per_estimate"]),
@@ -329,7 +368,10 @@ def _table(c: Comparison, max_components: int = 12) -> str:
         )
     cols = ["assignment", "strategies [calls]", "total var", "time/est", "var×time", "compile", "max |z|"]
     lines = head + _grid(cols, body, left=2)
-    lines.append(f"* best: lowest variance × time.  max |z|: mean vs {ref!r} in standard errors (! above {Z_FLAG:g}).")
+    lines.append(
+        f"* best: lowest variance × time among unbiased assignments.  max |z|: mean vs {ref!r} in standard errors "
+        f"(! above {Z_FLAG:g}).  (biased): uses a biased strategy (detach)."
+    )
     bad = [r["name"] for r in c.rows if r["num_nonfinite"]]
     if bad:
         lines.append(f"non-finite estimates in: {bad} (their statistics are NaN)")
