@@ -1,7 +1,8 @@
 """The ``ppl`` command line: train an objective of a ``ppl.lang`` program.
 
     python -m ppl fit FILE.ppl --data DATA.json --steps N [--objective NAME] [--lr 0.05] [--seed 0]
-                               [--particles K] [--set fn.param=VALUE ...] [--freeze NAME ...] [--json]
+                               [--particles K] [--set fn.param=VALUE ...] [--freeze NAME ...] [--max-skipped F]
+                               [--json]
     python -m ppl check FILE.ppl
 
 ``fit`` compiles ``FILE.ppl`` with the observed data of ``DATA.json`` (a JSON object: address -> value), takes the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -33,70 +35,34 @@ import numpy as np
 
 
 def train(objective: Any, args: tuple[Any, ...], *, steps: int, key: Any, lr: float = 0.05,
-          num_particles: int = 1, progress: bool = False, trainable: Any = None) -> tuple[Any, np.ndarray]:
-    """Maximize ``objective`` from ``args`` with Adam: ``(trained args, per-step values)``.
-
-    Uses ``ppl.fit``; where this installation has none, a plain optax loop over ``value_and_grad_estimate`` that
-    trains the floating-point array leaves of ``args`` (the same convention).
-    """
+          num_particles: int = 1, progress: bool = False, trainable: Any = None) -> Any:
+    """Maximize ``objective`` from ``args`` with Adam (``ppl.fit``): the :class:`~ppl.FitResult`."""
     import optax
 
-    import ppl
+    from ppl.workflow import fit
 
-    fit = getattr(ppl, "fit", None)
-    if fit is None:
-        try:
-            from ppl.workflow import fit
-        except ImportError:
-            fit = None
-    if fit is not None:
-        res = fit(objective, args, optimizer=optax.adam(lr), num_steps=steps, key=key, num_particles=num_particles,
-                  progress=progress, trainable=trainable)
-        return res.args, np.asarray(res.values)
-    return _optax_loop(objective, args, steps, key, optax.adam(lr), num_particles, trainable)
+    return fit(objective, args, optimizer=optax.adam(lr), num_steps=steps, key=key, num_particles=num_particles,
+               progress=progress, trainable=trainable)
 
 
-def _optax_loop(objective, args, steps, key, opt, num_particles, trainable):  # pragma: no cover - fallback only
-    import jax
-    import jax.numpy as jnp
-    import optax
+def _located(e: Exception, prog: Any) -> Exception:
+    """An error raised after compilation (a strategy that does not apply, nothing to train...) as a ``LangError``
+    located at the first sampling of the address it names (or at the file, if it names none found)."""
+    from ppl.lang.ast import Pos
+    from ppl.lang.errors import LangCompileError
 
-    leaves, tree = jax.tree_util.tree_flatten(args)
-    mask = [True] * len(leaves)
-    if trainable is not None:
-        full = jax.tree_util.tree_map(lambda m, sub: jax.tree_util.tree_map(lambda _: bool(m), sub), trainable, args)
-        mask = tree.flatten_up_to(full)
-    train = [i for i, x in enumerate(leaves) if mask[i] and isinstance(x, jax.Array)
-             and jnp.issubdtype(x.dtype, jnp.inexact)]
-
-    def full_args(params):
-        new = list(leaves)
-        for i, p in zip(train, params, strict=True):
-            new[i] = p
-        return jax.tree_util.tree_unflatten(tree, new)
-
-    def estimate(params, k):
-        def one(kk):
-            v, g = objective.value_and_grad_estimate(kk, *full_args(params))
-            g = tree.flatten_up_to(g)
-            return v, [g[i] for i in train]
-
-        v, g = jax.vmap(one)(jax.random.split(k, num_particles))
-        return v.mean(), [x.mean(0) for x in g]
-
-    @jax.jit
-    def step(params, state, i):
-        v, g = estimate(params, jax.random.fold_in(key, i))
-        updates, state = opt.update([-x for x in g], state, params)
-        return optax.apply_updates(params, updates), state, v
-
-    params = [leaves[i] for i in train]
-    state = opt.init(params)
-    values = []
-    for i in range(steps):
-        params, state, v = step(params, state, i)
-        values.append(float(v))
-    return full_args(params), np.asarray(values)
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    pos = None
+    for name in re.findall(r"'([A-Za-z_][\w/]*)'", message):
+        base = name.split("/")[-1]
+        for i, line in enumerate(prog.source.splitlines(), 1):
+            m = re.search(rf"\b{re.escape(base)}\s*(\[[^\]]*\])?\s*~", line)
+            if m:
+                pos = Pos(i, m.start() + 1, i, m.start() + 1 + len(base))
+                break
+        if pos is not None:
+            break
+    return LangCompileError(f"{type(e).__name__}: {message}", pos, prog.source, prog.filename)
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -149,6 +115,7 @@ def cmd_fit(ns: argparse.Namespace) -> int:
     import jax
 
     import ppl.lang
+    from ppl.lang.errors import LangError, did_you_mean
 
     data = _read_json(ns.data, "the data") if ns.data else {}
     if not isinstance(data, dict):
@@ -169,9 +136,20 @@ def cmd_fit(ns: argparse.Namespace) -> int:
     trainable = None
     if ns.freeze:
         frozen = set(ns.freeze)
+        known = set(jax.tree_util.tree_leaves(names))
+        known |= {n.split(".")[0] for n in known}
+        for f in sorted(frozen - known):
+            raise UsageError(f"--freeze {f!r}: objective {name!r} has no parameter or function {f!r}"
+                             f"{did_you_mean(f, known)}; its parameters are {sorted(n for n in known if '.' in n)}")
         trainable = jax.tree_util.tree_map(lambda n: not (n in frozen or n.split(".")[0] in frozen), names)
-    trained, values = train(prog[name], args, steps=ns.steps, key=jax.random.key(ns.seed), lr=ns.lr,
-                            num_particles=ns.particles, progress=ns.progress, trainable=trainable)
+    try:
+        res = train(prog[name], args, steps=ns.steps, key=jax.random.key(ns.seed), lr=ns.lr,
+                    num_particles=ns.particles, progress=ns.progress, trainable=trainable)
+    except (ValueError, TypeError) as e:  # StrategyError, PPLError, fit's own checks: located, no traceback
+        if isinstance(e, LangError):
+            raise
+        raise _located(e, prog) from None
+    trained, values, skipped = res.args, np.asarray(res.values), int(res.num_skipped)
     flat_names = jax.tree_util.tree_leaves(names)
     flat_values = jax.tree_util.tree_structure(names).flatten_up_to(trained)
     flat_train = jax.tree_util.tree_structure(names).flatten_up_to(trainable if trainable is not None else
@@ -181,18 +159,26 @@ def cmd_fit(ns: argparse.Namespace) -> int:
     window = max(1, min(len(values) // 10, 100))
     first = float(np.nanmean(values[:window])) if len(values) else float("nan")
     last = float(np.nanmean(values[-window:])) if len(values) else float("nan")
+    too_many = ns.steps > 0 and skipped > ns.max_skipped * ns.steps
     if ns.json:
         print(json.dumps({"objective": name, "steps": ns.steps, "value_first": first, "value_last": last,
+                          "skipped": skipped,
                           "params": {n: _jsonable(v) for n, v in zip(flat_names, flat_values, strict=True)},
                           "fixed": [n for n, f in zip(flat_names, fixed, strict=True) if f]}))
-        return 0
-    print(f"{os.path.basename(ns.file)}: objective {name!r}, {ns.steps} steps of Adam (lr {ns.lr:g}), "
-          f"{ns.particles} particle(s), data {sorted(data)}")
-    print(f"objective (mean of {window} steps): first {first:.6g}, last {last:.6g}")
-    print("parameters:")
-    width = max((len(n) for n in flat_names), default=0)
-    for n, v, f in zip(flat_names, flat_values, fixed, strict=True):
-        print(f"  {n:<{width}} = {_format(v)}{'  (fixed)' if f else ''}")
+    else:
+        print(f"{os.path.basename(ns.file)}: objective {name!r}, {ns.steps} steps of Adam (lr {ns.lr:g}), "
+              f"{ns.particles} particle(s), data {sorted(data)}")
+        print(f"objective (mean of {window} steps): first {first:.6g}, last {last:.6g}")
+        print(f"skipped {skipped} of {ns.steps} steps as non-finite")
+        print("parameters:")
+        width = max((len(n) for n in flat_names), default=0)
+        for n, v, f in zip(flat_names, flat_values, fixed, strict=True):
+            print(f"  {n:<{width}} = {_format(v)}{'  (fixed)' if f else ''}")
+    if too_many:
+        print(f"{ns.file}: error: {skipped} of {ns.steps} steps ({skipped / ns.steps:.0%}) were skipped as "
+              f"non-finite (more than --max-skipped {ns.max_skipped:g}): the result is not trustworthy; lower --lr or "
+              "check the program", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -222,6 +208,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="initial value of a parameter (JSON); repeatable")
     f.add_argument("--freeze", action="append", default=[], metavar="NAME",
                    help="keep a function's parameters (or one FN.PARAM) fixed; repeatable")
+    f.add_argument("--max-skipped", type=float, default=0.1, metavar="FRACTION",
+                   help="fail (exit 1) when more than this fraction of steps is skipped as non-finite (default 0.1)")
     f.add_argument("--json", action="store_true", help="print the result as one JSON object")
     f.add_argument("--progress", action="store_true", help="show a progress bar")
     f.set_defaults(run=cmd_fit)

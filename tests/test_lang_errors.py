@@ -432,3 +432,39 @@ def test_library_objective_data_errors_are_located(tmp_path):
     check(e, source, 6, 18, "observed address(es) ['yy'] of the data are not sampled by model 'm'")
     e = error_of(source, data={"y": jnp.zeros(4)}, run=lambda p: p["loss"].estimate(jax.random.key(0), (), ()))
     check(e, source, 6, 18, "elbo: m.assess: choice 'y' has shape (4,) but the program's site expects (3,)")
+
+
+def test_cli_locates_errors_raised_after_compilation(tmp_path, capsys):
+    # was: a StrategyError raised by fit escaped as a Python traceback
+    path = tmp_path / "strat.ppl"
+    path.write_text(
+        "model m() {\n  z ~ Normal(0.0, 1.0)\n}\n"
+        "guide q(loc = 0.0) {\n  z ~ Normal(loc, 1.0) by enum\n}\n"
+        "objective loss = elbo(m, q)\n"
+    )
+    assert main(["fit", str(path), "--steps", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}:2:3: error: StrategyError: enum at 'z'") and "Traceback" not in err
+
+
+def test_cli_rejects_unknown_freeze_names(tmp_path, capsys):
+    # was: --freeze walk.rhoo (a typo) was ignored
+    path = tmp_path / "f.ppl"
+    path.write_text("model m() {\n  z ~ Normal(0.0, 1.0)\n}\n"
+                    "guide q(loc = 0.0, scale = 1.0) {\n  z ~ Normal(loc, scale)\n}\nobjective loss = elbo(m, q)\n")
+    assert main(["fit", str(path), "--steps", "2", "--freeze", "q.lco"]) == 2
+    err = capsys.readouterr().err
+    assert "--freeze 'q.lco'" in err and "did you mean 'q.loc'" in err
+    assert main(["fit", str(path), "--steps", "2", "--freeze", "q.loc"]) == 0
+
+
+def test_cli_reports_and_limits_skipped_steps(tmp_path, capsys):
+    # was: a run where 51 of 200 steps were skipped printed a normal-looking result
+    path = tmp_path / "nan.ppl"
+    path.write_text("model m() {\n  z ~ HalfNormal(1.0)\n}\nguide q(loc = 0.0) {\n  z ~ Normal(loc, 1.0)\n}\n"
+                    "objective loss = elbo(m, q)\n")
+    assert main(["fit", str(path), "--steps", "20"]) == 1  # a negative z has log density -inf: about half skipped
+    out = capsys.readouterr()
+    assert "skipped" in out.out and "steps as non-finite" in out.out
+    assert "were skipped as non-finite (more than --max-skipped 0.1)" in out.err
+    assert main(["fit", str(path), "--steps", "20", "--max-skipped", "1.0"]) == 0

@@ -46,7 +46,7 @@ def run_one(path: str, steps: int) -> bool:
         print(f"{name}: {info.kind} {fn_name}: choices {shapes}, score {float(tr.score):.4f}"
               f"{'' if same else '  (assess MISMATCH)'}")
     for obj in prog.objectives:
-        args, values = train(prog[obj], prog.init_args(obj), steps=steps, key=key, lr=0.05)
+        values = train(prog[obj], prog.init_args(obj), steps=steps, key=key, lr=0.05).values
         finite = bool(np.all(np.isfinite(values)))
         ok &= finite
         k = max(1, len(values) // 5)
