@@ -130,14 +130,14 @@ def test_duplicate_address_in_two_scans():
 
 
 def test_sample_outside_any_interpretation():
-    with pytest.raises(RuntimeError, match=r"ppl.sample\('mu', \.\.\.\) was called outside"):
+    with pytest.raises(RuntimeError, match=r"ppl.sample\('mu', \.\.\.\) was run directly"):
         model.fn(3)  # the undecorated function, eagerly
-    with pytest.raises(RuntimeError, match=r"ppl.sample\('mu', \.\.\.\) was called outside"):
+    with pytest.raises(RuntimeError, match=r"ppl.sample\('mu', \.\.\.\) was run directly"):
         model(3)  # calling a GenFn directly runs the plain function
 
 
 def test_factor_outside_any_interpretation():
-    with pytest.raises(RuntimeError, match=r"ppl.factor\(\.\.\.\) was called outside"):
+    with pytest.raises(RuntimeError, match=r"ppl.factor\(\.\.\.\) was run directly"):
         ppl.factor(1.0)
 
 

@@ -59,3 +59,32 @@ def test_data_naming_a_guide_address_is_an_error(objective):
     obj = objective(model, normal_guide, {"x": 1.0, "z": 5.0})
     with pytest.raises(ppl.PPLError, match=r"data names \['z'\], which the guide samples"):
         obj.estimate(KEY, (), (0.0,))
+
+
+def test_a_model_latent_neither_guide_nor_data_provides_names_both():
+    # was: "m2.assess: missing choice(s) ['w']" with no word of the guide
+    def m2():
+        w, z = ppl.sample("w", dist.Normal(0.0, 1.0)), ppl.sample("z", dist.Normal(0.0, 1.0))
+        ppl.sample("x", dist.Normal(w + z, 1.0))
+
+    with pytest.raises(ppl.PPLError, match=r"missing choice\(s\) \['w'\].*guide samples \['z'\].*observes \['x'\]"):
+        ppl.elbo(ppl.gen(m2), normal_guide, {"x": 1.0}).estimate(KEY, (), (0.0,))
+    with pytest.raises(ppl.PPLError, match=r"\['z'\] are not used by the program.*guide samples \['z'\]"):
+        ppl.elbo(ppl.gen(lambda: ppl.sample("x", dist.Normal(0.0, 1.0))), normal_guide, {"x": 1.0}).estimate(
+            KEY, (), (0.0,)
+        )
+
+
+def test_unhelpful_errors_now_name_the_address_and_the_fix():
+    cat = ppl.gen(lambda: ppl.sample("c", dist.Categorical(logits=np.zeros(3))))
+    # was: "take_along_axis indices must be of integer type" with no address
+    with pytest.raises(ppl.PPLError, match=r"choice 'c'.*float32.*CategoricalLogits.*int32.*jnp\.asarray"):
+        cat.assess({"c": 1.0})
+    # was: "wrap the function with ppl.gen" for a function that already is one
+    with pytest.raises(RuntimeError, match=r"ppl\.sample\('c', \.\.\.\) was run directly.*simulate\(key"):
+        cat()
+    tfd = pytest.importorskip("tensorflow_probability.substrates.jax.distributions")
+    # was: "no finite support (continuous or infinite support)" for a TFP Bernoulli
+    f = ppl.expectation(lambda t: ppl.sample("z", tfd.Bernoulli(logits=t), strategy=ppl.enum) * 1.0)
+    with pytest.raises(ppl.StrategyError, match=r"enum at 'z': TFP distributions are not enumerable.*NumPyro"):
+        f.grad_estimate(KEY, 0.0)

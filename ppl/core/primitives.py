@@ -131,8 +131,9 @@ def _outside(name: str) -> Callable[..., Any]:
     def impl(*args, **params):
         what = f"ppl.sample({params['addr']!r}, ...)" if "addr" in params else f"ppl.{name}(...)"
         raise RuntimeError(
-            f"{what} was called outside seed/simulate/assess/generate/an expectation: random choices only have a "
-            "meaning inside a ppl transformation. Wrap the function with ppl.gen / ppl.seed / ppl.expectation."
+            f"{what} was run directly: random choices only have a meaning inside a ppl transformation. Run a "
+            "@ppl.gen program with model.simulate(key, *args) (or assess / generate), any function with "
+            "ppl.seed(f)(key, *args), or score it inside an @ppl.expectation."
         )
 
     return impl

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as nd
 
-from ..core.distributions import log_prob
+from ..core.distributions import TFPDistribution, log_prob
 from .base import Strategy, StrategyError, sg, weighted, zero_valued
 
 
@@ -164,6 +164,11 @@ def _batch_shape(d):
 
 
 def _finite_support(d, addr, who):
+    if isinstance(d, TFPDistribution):
+        raise StrategyError(
+            f"{who} at {addr!r}: TFP distributions are not enumerable here; use the NumPyro distribution of the same "
+            "name (numpyro.distributions), or reinforce"
+        )
     if not d.has_enumerate_support:
         raise StrategyError(
             f"{who} at {addr!r}: {type(d).__name__} has no finite support to enumerate (continuous or infinite "

@@ -71,6 +71,19 @@ def _joint(z: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
     return {**z, **data}
 
 
+def _score(model: Any, z: Mapping[str, Any], data: Mapping[str, Any], *args: Any) -> Any:
+    """``log p(z, data)``: ``density`` with an error that says which choices the guide and the data provide."""
+    try:
+        return density(model, _joint(z, data), *args)
+    except PPLError as e:
+        if "missing choice(s)" not in str(e) and "not used by the program" not in str(e):
+            raise
+        raise PPLError(
+            f"{e}. The guide samples {sorted(z)} and the data observes {sorted(data)}: the model's latent choices "
+            "and the guide's must be the same addresses (and observed ones given as data)"
+        ) from None
+
+
 def _check_reparameterized(who: str, guide: Any, args: tuple[Any, ...], strategies: Mapping[str, Strategy] | None):
     """Every guide site must be reparameterized (DReG's guide gradient assumes it)."""
     if not isinstance(guide, GenFn):
@@ -95,7 +108,7 @@ def _log_weights(model, guide, data, model_args, guide_args, K):
 
     def particle():
         z, log_q = sim(guide, *guide_args)
-        return density(model, _joint(z, data), *model_args) - log_q
+        return _score(model, z, data, *model_args) - log_q
 
     return vmap(particle, axis_size=K)()
 
@@ -114,7 +127,7 @@ def elbo(
     def elbo(model_args, guide_args, obs=None):
         d, margs, gargs = _resolve(data, obs, model_args, guide_args, guide_inputs)
         z, log_q = sim(guide, *gargs)
-        return density(model, _joint(z, d), *margs) - log_q
+        return _score(model, z, d, *margs) - log_q
 
     return _declare(elbo, strategies)
 
@@ -179,7 +192,7 @@ def vimco(
 
         def particle():
             z, log_q = sim(guide, *gargs)
-            return density(model, _joint(z, d), *margs) - log_q, log_q
+            return _score(model, z, d, *margs) - log_q, log_q
 
         w, log_q = vmap(particle, axis_size=K)()
         L = logsumexp(w) - jnp.log(K)
@@ -210,9 +223,9 @@ def dreg_iwae(
 
         def particle():
             z, _ = sim(guide, *gargs)
-            path = density(model, _joint(z, d), *fixed_model) - density(guide, z, *fixed_guide)
+            path = _score(model, z, d, *fixed_model) - density(guide, z, *fixed_guide)
             zs = jax.tree_util.tree_map(sg, z)
-            model_term = density(model, _joint(zs, d), *margs)
+            model_term = _score(model, zs, d, *margs)
             return path, model_term
 
         path, model_term = vmap(particle, axis_size=K)()
@@ -236,7 +249,7 @@ def p_wake(
 
         def particle():
             z, log_q = sim(guide, *jax.tree_util.tree_map(sg, gargs))
-            return density(model, _joint(z, d), *margs), log_q
+            return _score(model, z, d, *margs), log_q
 
         log_p, log_q = vmap(particle, axis_size=N)()
         w = sg(log_p - log_q)
@@ -258,7 +271,7 @@ def q_wake(
 
         def particle():
             z, log_q = sim(guide, *gargs)
-            return density(model, _joint(z, d), *jax.tree_util.tree_map(sg, margs)), log_q
+            return _score(model, z, d, *jax.tree_util.tree_map(sg, margs)), log_q
 
         log_p, log_q = vmap(particle, axis_size=N)()
         wn = jax.nn.softmax(sg(log_p - log_q))

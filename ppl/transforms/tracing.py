@@ -78,7 +78,14 @@ def _tracing_sample(interp, state, eqn, invals):
     dtype = eqn.outvars[0].aval.dtype
     if site.addr in interp.constraints:
         observed = jnp.asarray(interp.constraints[site.addr])
-        lp = site.log_prob(observed)  # scored as given (a Bernoulli observed at 0.7 is not rounded to 0)
+        try:
+            lp = site.log_prob(observed)  # scored as given (a Bernoulli observed at 0.7 is not rounded to 0)
+        except (TypeError, ValueError) as e:
+            raise PPLError(
+                f"choice {site.addr!r}: the given value ({observed.dtype}{list(observed.shape)}) cannot be scored by "
+                f"{site.spec.name}, whose values are {dtype}{list(eqn.outvars[0].aval.shape)}: "
+                f"{str(e).splitlines()[0]}. Pass a value of that type (e.g. jnp.asarray(v, jnp.{dtype}))"
+            ) from None
         x = observed.astype(dtype)  # the program continues with a value of the site's type
         state = state.add("weight", lp)
     else:
