@@ -1,8 +1,9 @@
 """``bench/air.py`` (Attend-Infer-Repeat, gradient strategies for ``z_pres``) runs end to end in its smallest mode.
 
-One subprocess with ``--quick --tiny`` (one training step per variant, XLA at optimization level 0; about a minute on
-2 cores, mostly compiling the six programs). Timings and accuracies are not asserted — one step learns nothing —
-only that every variant trains, is evaluated and prints finite numbers.
+One subprocess with ``--quick --tiny`` (one training step per variant, 2 AIR steps instead of 3, XLA at optimization
+level 0; about a minute on 2 cores, mostly compiling the nine programs). Timings and accuracies are not asserted — one
+step learns nothing — only that every variant trains, is evaluated and prints finite numbers, including the IWAE rows
+with multi-call strategies (``enum``/``mvd``) on the particles of ``ppl.iwae``.
 """
 
 from __future__ import annotations
