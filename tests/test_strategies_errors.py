@@ -35,7 +35,7 @@ CHECKS = [
     ("reparam-poisson", ppl.reparam, lambda t: dist.Poisson(jnp.exp(t)), r"reparam at 'flip'.*Poisson"),
     ("enum-normal", ppl.enum, lambda t: dist.Normal(t, 1.0), r"enum at 'flip'.*Normal.*finite support"),
     ("enum-poisson", ppl.enum, lambda t: dist.Poisson(jnp.exp(t)), r"enum at 'flip'.*Poisson.*(infinite|finite)"),
-    ("mvd-normal", ppl.mvd, lambda t: dist.Normal(t, 1.0), r"mvd at 'flip'.*Normal"),
+    ("mvd-gamma", ppl.mvd, lambda t: dist.Gamma(jnp.exp(t), 1.0), r"mvd at 'flip'.*Gamma.*Normal \(use enum"),
     ("implicit-bernoulli", ppl.implicit_reparam, lambda t: dist.Bernoulli(logits=t), r"implicit_reparam at 'flip'"),
     (
         "enum-batched",

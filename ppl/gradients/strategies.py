@@ -225,14 +225,17 @@ class MVD(_Base):
     * Categorical(π): ``k(x)`` + ``Σ_j k(j) · π_j'``;
     * Poisson(λ): ``k(x)`` + ``(k(x + 1) − k(x)) · λ'``;
     * Geometric(p) (failures before the first success): ``k(x)`` + ``(k(x) − k(x + x₂ + 1)) · p'/p``, x₂ a fresh
-      Geometric(p).
+      Geometric(p);
+    * Normal(μ, σ) (Mohamed et al. 2020, §6): ``k(x)`` + ``(k(μ + σR) − k(μ − σR)) · μ'/(σ√(2π))`` with
+      ``R ~ Rayleigh(1)`` (the Weibull coupling of the mean) + ``(k(μ + σM) − k(μ + σε)) · σ'/σ`` with ``M``
+      double-sided Maxwell and ``ε ~ N(0, 1)``: 4 calls, no derivative of ``k`` needed (a step function is fine).
     The values in the correction are primal (no derivative flows through them). In a map lane or a loop body each
     ``k(v)`` is a same-key re-run of the map / loop and the rest of the program: ``lanes × 2`` re-runs for
     Bernoulli, Poisson, Geometric (``lanes × |support|`` for Categorical).
     """
 
     name = "mvd"
-    calls = "2 (|support| for Categorical)"
+    calls = "2 (|support| for Categorical, 4 for Normal)"
     multi_call = True
 
     def check(self, d, addr):
@@ -241,10 +244,10 @@ class MVD(_Base):
                 f"mvd at {addr!r}: batch shape {batch}; map one scalar site over the components instead (jax.vmap or "
                 "ppl.vmap), or use reinforce"
             )
-        if not isinstance(d, _MVD + _GEOMETRIC):
+        if not isinstance(d, _MVD + _GEOMETRIC + (nd.Normal,)):
             raise StrategyError(
                 f"mvd at {addr!r}: no measure-valued derivative for {type(d).__name__}; mvd covers Bernoulli, "
-                "Categorical, Poisson and Geometric (use enum or reinforce)"
+                "Categorical, Poisson, Geometric and Normal (use enum or reinforce)"
             )
 
     def couple(self, key, d):
@@ -258,8 +261,23 @@ class MVD(_Base):
         if isinstance(d, nd.Poisson):  # (k(x + 1) − k(x)) · λ'
             c = zero_valued(d.rate)
             return x, -c, (x + 1)[None], c[None]
+        if isinstance(d, nd.Normal):
+            return x, None, *_normal_coupling(k2, d)
         c = zero_valued(d.probs) / sg(d.probs)  # Geometric: (k(x) − k(x + x₂ + 1)) · p'/p
         return x, c, (x + sg(d.sample(k2)) + 1)[None], -c[None]
+
+
+def _normal_coupling(key, d):
+    """Weak derivatives of N(μ, σ): ``∂μ = (N⁺ − N⁻)/(σ√(2π))`` with ``N^± = μ ± σ·Rayleigh(1)``, and
+    ``∂σ = (DSMaxwell − N(0, 1))/σ`` scaled and shifted; values and zero-valued coefficients."""
+    n = jax.random.normal(key, (6,))
+    r = jnp.sqrt(n[0] ** 2 + n[1] ** 2)  # Rayleigh(1)
+    m = jnp.sign(n[5]) * jnp.sqrt(n[2] ** 2 + n[3] ** 2 + n[4] ** 2)  # double-sided Maxwell
+    mu, sigma = sg(d.loc), sg(d.scale)
+    values = jnp.stack([mu + sigma * r, mu - sigma * r, mu + sigma * m, mu + sigma * n[5]])
+    cm = zero_valued(d.loc) / (sigma * jnp.sqrt(2 * jnp.pi))
+    cs = zero_valued(d.scale) / sigma
+    return values, jnp.stack([cm, -cm, cs, -cs])
 
 
 @final
