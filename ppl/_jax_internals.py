@@ -46,6 +46,7 @@ __all__ = [
     "scan_counts",
     "register_batcher",
     "cond_primitive",
+    "scan_primitive",
     "override_batcher",
     "stage_flat",
     "lane_aval",
@@ -83,6 +84,11 @@ def override_batcher(prim: Primitive, rule: Callable[..., Any]) -> None:
 def cond_primitive() -> Primitive:
     """``lax.cond``'s primitive (not exported by JAX; read off a staged ``cond``)."""
     return jax.make_jaxpr(lambda p: jax.lax.cond(p, lambda: 0, lambda: 1))(True).eqns[-1].primitive
+
+
+def scan_primitive() -> Primitive:
+    """``lax.scan``'s primitive (read off a staged ``scan``)."""
+    return jax.make_jaxpr(lambda: jax.lax.scan(lambda c, _: (c, None), 0, None, length=1))().eqns[-1].primitive
 
 
 def bind_with_params(prim: Primitive, params: dict[str, Any], invals: Sequence[Any]) -> list[Any]:

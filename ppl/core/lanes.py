@@ -13,8 +13,9 @@ Maps come from two places, with one meaning:
 * plain ``jax.vmap``: the batching rules registered here run under *every* ``jax.vmap`` that reaches a ``ppl``
   primitive, also when no mapped value flows into it. A site becomes a map of that one site (each lane draws its own
   value), a ``cond``/``switch`` whose predicate is batched and whose branches hold random choices becomes a map of
-  the unbatched ``cond`` (each lane runs only its branch), a map under a map becomes a map of maps, and
-  ``factor``/``add_cost`` count once per lane.
+  the unbatched ``cond`` (each lane runs only its branch), a ``scan`` whose body holds random choices becomes a map of
+  the unbatched ``scan`` (each lane runs its own loop, so its choices are lane-major: ``(lanes, length, ...)``), a map
+  under a map becomes a map of maps, and ``factor``/``add_cost`` count once per lane.
 
 >>> import jax, jax.numpy as jnp, numpyro.distributions as dist, ppl
 >>> draws = ppl.seed(jax.vmap(lambda _: ppl.sample("x", dist.Normal(0.0, 1.0))))(jax.random.key(0), jnp.arange(4))
@@ -28,8 +29,9 @@ multiply only that lane's costs (plate-style Rao-Blackwellization), and a multi-
 Both are unbiased; ``ppl.vmap`` is the lower-variance one when lanes add their own costs.
 
 Sharp edges:
-    * The batching rule of ``lax.cond`` is wrapped (once, at import) so that a ``cond`` with a batched predicate and
-      random choices in its branches becomes a map; every other ``cond`` goes to JAX's own rule.
+    * The batching rules of ``lax.cond`` and ``lax.scan`` are wrapped (once, at import) so that a ``cond`` with a
+      batched predicate and random choices in its branches, or a ``scan`` with random choices in its body, becomes a
+      map; every other ``cond`` and ``scan`` goes to JAX's own rule.
     * A lane body is staged with its inputs' per-lane shapes: a Python value inside ``ppl.vmap``'s arguments is
       static (as everywhere in ``ppl``); only array leaves are mapped or broadcast.
 """
@@ -50,6 +52,7 @@ from .._jax_internals import (
     lane_aval,
     override_batcher,
     register_batcher,
+    scan_primitive,
     stage_flat,
 )
 from .primitives import contains_ppl, cost_p, factor_p, map_p, sample_p
@@ -99,11 +102,19 @@ def _cond_batcher(original, axis_size, vals, dims, /, **params):
     return outs, [0] * len(outs)
 
 
+def _scan_batcher(original, axis_size, vals, dims, /, **params):
+    if not contains_ppl(params["jaxpr"].jaxpr):
+        return original(vals, dims, **params)
+    outs = _as_map(scan_primitive(), axis_size, vals, dims, params)  # each lane runs its own loop: lane axis first
+    return outs, [0] * len(outs)
+
+
 register_batcher(sample_p, _sample_batcher)
 register_batcher(map_p, _map_batcher)
 register_batcher(factor_p, _weight_batcher(factor_p))
 register_batcher(cost_p, _weight_batcher(cost_p))
 override_batcher(cond_primitive(), _cond_batcher)
+override_batcher(scan_primitive(), _scan_batcher)
 
 # ---------------------------------------------------------------------------------------------- lanes
 
