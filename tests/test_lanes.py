@@ -369,3 +369,17 @@ def test_straight_line_multi_call_site_before_a_map_of_multi_call_sites():
     v, g = jax.jit(jax.vmap(lambda k: f.value_and_grad_estimate(k, th)))(keys(20000, 13))
     assert_unbiased(v, exact(th), max_stderr=0.01)
     assert_unbiased(g, jax.grad(exact)(th), max_stderr=0.01)
+
+
+@pytest.mark.parametrize("via", list(MAPS))
+def test_a_scan_inside_a_map_records_lane_major_choices(via):
+    # was: under jax.vmap, JAX pushed the map inside the loop and the choices came out (length, lanes)
+    def lane():
+        step = lambda c, _: (ppl.sample("z", dist.Bernoulli(logits=c)).astype(jnp.float32), None)  # noqa: E731
+        return lax.scan(step, 0.0, None, length=2)[0]
+
+    model = ppl.gen(MAPS[via](lane, 3))
+    assert model.simulate(KEY).choices["z"].shape == (3, 2)
+    z = jnp.array([[1, 0], [0, 0], [1, 1]])
+    exact = sum(_bern_lp(a, 0.5) + _bern_lp(b, float(jax.nn.sigmoid(float(a)))) for a, b in np.asarray(z))
+    np.testing.assert_allclose(model.assess({"z": z})[0], exact, rtol=1e-5)
