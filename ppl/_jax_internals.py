@@ -44,6 +44,15 @@ __all__ = [
     "closed",
     "ShapedArray",
     "scan_counts",
+    "scan_body",
+    "scan_options",
+    "cond_branches",
+    "call_body",
+    "is_tracer",
+    "SCAN",
+    "COND",
+    "WHILE",
+    "INLINED",
     "register_batcher",
     "cond_primitive",
     "scan_primitive",
@@ -157,6 +166,38 @@ def subjaxprs(eqn: JaxprEqn) -> Iterator[Jaxpr]:
                 yield item.jaxpr
             elif isinstance(item, Jaxpr):
                 yield item
+
+
+# ---------------------------------------------------------------------------------------------- parameter layouts
+# The interpreter reads JAX's higher-order primitives only through these names and accessors.
+
+SCAN, COND, WHILE = "scan", "cond", "while"
+INLINED = ("jit", "pjit", "closed_call", "custom_jvp_call", "custom_vjp_call", "remat2")  # bodies interpreted in place
+
+
+def scan_body(params: dict[str, Any]) -> ClosedJaxpr:
+    """A ``scan``'s body: ``consts + carry + xs -> carry + ys``."""
+    return params["jaxpr"]
+
+
+def scan_options(params: dict[str, Any]) -> dict[str, Any]:
+    """``length``, ``reverse`` and ``unroll`` of a ``scan`` (as ``lax.scan`` keywords)."""
+    return {"length": params["length"], "reverse": params["reverse"], "unroll": params["unroll"]}
+
+
+def cond_branches(params: dict[str, Any]) -> tuple[ClosedJaxpr, ...]:
+    """A ``cond``'s branches (index ``i`` runs ``branches[i]``)."""
+    return tuple(params["branches"])
+
+
+def call_body(params: dict[str, Any]) -> ClosedJaxpr | Jaxpr:
+    """The body of a call-like primitive (``jit``, ``custom_jvp_call``, ``custom_vjp_call``, ``remat``)."""
+    return params["call_jaxpr"] if "call_jaxpr" in params else params["jaxpr"]
+
+
+def is_tracer(x: Any) -> bool:
+    """Is ``x`` an abstract value being traced (no concrete value)?"""
+    return isinstance(x, jax.core.Tracer)
 
 
 def scan_counts(params: dict[str, Any]) -> tuple[int, int]:

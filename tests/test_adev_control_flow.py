@@ -15,9 +15,9 @@ import numpy as np
 import numpyro.distributions as dist
 import pytest
 from jax import lax
-from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import ppl
+from ppl._jax_internals import ClosedJaxpr, Jaxpr
 from tests.stats import assert_unbiased, keys
 
 N = 10_000

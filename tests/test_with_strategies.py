@@ -14,10 +14,10 @@ import numpy as np
 import numpyro.distributions as dist
 import pytest
 from jax import lax
-from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import ppl
 from ppl import PPLError, StrategyError
+from ppl._jax_internals import ClosedJaxpr, Jaxpr
 from tests.stats import assert_unbiased, keys
 
 KEY = jax.random.key(0)

@@ -42,7 +42,24 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._jax_internals import ClosedJaxpr, Jaxpr, JaxprEqn, Literal, bind_eqn, closed, scan_counts, subjaxprs
+from .._jax_internals import (
+    COND,
+    INLINED,
+    SCAN,
+    WHILE,
+    ClosedJaxpr,
+    Jaxpr,
+    JaxprEqn,
+    Literal,
+    bind_eqn,
+    call_body,
+    closed,
+    cond_branches,
+    scan_body,
+    scan_counts,
+    scan_options,
+    subjaxprs,
+)
 from .lanes import map_lanes
 from .primitives import PPL_PRIMITIVES, contains_ppl, map_p, sample_p
 
@@ -218,9 +235,9 @@ def _site_avals(jaxpr: Jaxpr) -> tuple[tuple[str, Any], ...]:
     for e in jaxpr.eqns:
         if e.primitive is sample_p:
             found = {e.params["addr"]: e.outvars[0].aval}
-        elif e.primitive.name == "scan" or e.primitive is map_p:
-            n = e.params["length"] if e.primitive is not map_p else e.params["size"]
-            body = e.params["jaxpr"] if e.primitive is not map_p else e.params["body"]
+        elif e.primitive.name == SCAN or e.primitive is map_p:
+            n = scan_options(e.params)["length"] if e.primitive is not map_p else e.params["size"]
+            body = scan_body(e.params) if e.primitive is not map_p else e.params["body"]
             found = {a: aval.update(shape=(n, *aval.shape)) for a, aval in _site_avals(body.jaxpr)}
         else:
             found = {}
@@ -263,8 +280,7 @@ def inline_cps_rule(interp, state, eqn, invals, k):
 
 
 def _body(eqn):
-    p = eqn.params
-    return p["call_jaxpr"] if "call_jaxpr" in p else p["jaxpr"]
+    return call_body(eqn.params)
 
 
 def _merge(state, eqn, body_addrs, carry, choices, requests):
@@ -301,23 +317,21 @@ def scan_rule(interp, state, eqn, invals):
     block key folded with the iteration index; its recorded choice gets the loop axis in front.
     """
     p = eqn.params
-    (nconst, ncarry), length = scan_counts(p), p["length"]
+    (nconst, ncarry), options = scan_counts(p), scan_options(p)
     consts, init, xs = invals[:nconst], invals[nconst : nconst + ncarry], invals[nconst + ncarry :]
-    state, body_addrs, data, at = _enter_block(interp, state, eqn, p["jaxpr"])
+    state, body_addrs, data, at = _enter_block(interp, state, eqn, scan_body(p))
 
     def body(carry_all, x_all):
         carry, acc = carry_all
         x, i, data_i = x_all
-        outs, st = run(interp.for_iteration(data_i), p["jaxpr"], [*consts, *carry, *x], at(i, acc))
+        outs, st = run(interp.for_iteration(data_i), scan_body(p), [*consts, *carry, *x], at(i, acc))
         return (outs[:ncarry], st.carry), (outs[ncarry:], st.choices, st.requests)
 
     (carry, acc), (ys, choices, requests) = lax.scan(
         body,
         (init, state.carry),
-        (xs, jnp.arange(length), data),
-        length=length,
-        reverse=p["reverse"],
-        unroll=p["unroll"],
+        (xs, jnp.arange(options["length"]), data),
+        **options,
     )
     return [*carry, *ys], _merge(state, eqn, body_addrs, acc, choices, requests)
 
@@ -362,7 +376,7 @@ def cond_rule(interp, state, eqn, invals):
     are ``State.requests``.
     """
     index, ops = invals[0], invals[1:]
-    branches = eqn.params["branches"]
+    branches = cond_branches(eqn.params)
     block_key, state = state.next_key()
     avals = site_avals(eqn) if interp.records else {}
 
@@ -390,7 +404,7 @@ def cond_rule(interp, state, eqn, invals):
 def cond_cps_rule(interp, state, eqn, invals, k):
     """``cond`` whose branches need the continuation: push the rest of the program into each branch."""
     index, ops = invals[0], invals[1:]
-    branches = eqn.params["branches"]
+    branches = cond_branches(eqn.params)
     block_key, state = state.next_key()
 
     def branch(j):
@@ -410,23 +424,20 @@ def while_rule(interp, state, eqn, invals):
     )
 
 
-INLINED = ("jit", "pjit", "closed_call", "custom_jvp_call", "custom_vjp_call", "remat2")
-
-
 def control_flow_rules() -> dict[Any, Rule]:
     """The higher-order rules every interpretation registers (JAX's by primitive name)."""
     return {
         **dict.fromkeys(INLINED, inline_rule),
-        "scan": scan_rule,
-        "cond": cond_rule,
-        "while": while_rule,
+        SCAN: scan_rule,
+        COND: cond_rule,
+        WHILE: while_rule,
         map_p: map_rule,
     }
 
 
 def control_flow_cps_rules() -> dict[str, Rule]:
     """The continuation-passing versions, for interpretations with multi-call rules (ADEV)."""
-    return {**dict.fromkeys(INLINED, inline_cps_rule), "cond": cond_cps_rule}
+    return {**dict.fromkeys(INLINED, inline_cps_rule), COND: cond_cps_rule}
 
 
 class RuleTable(dict):

@@ -47,11 +47,13 @@ import jax.numpy as jnp
 
 from .._jax_internals import (
     bind_with_params,
+    cond_branches,
     cond_primitive,
     jaxpr_as_fun,
     lane_aval,
     override_batcher,
     register_batcher,
+    scan_body,
     scan_primitive,
     stage_flat,
 )
@@ -96,14 +98,14 @@ def _weight_batcher(prim):
 
 
 def _cond_batcher(original, axis_size, vals, dims, /, **params):
-    if dims[0] is None or not any(contains_ppl(b.jaxpr) for b in params["branches"]):
+    if dims[0] is None or not any(contains_ppl(b.jaxpr) for b in cond_branches(params)):
         return original(vals, dims, **params)
     outs = _as_map(cond_primitive(), axis_size, vals, dims, params)  # each lane runs only its branch
     return outs, [0] * len(outs)
 
 
 def _scan_batcher(original, axis_size, vals, dims, /, **params):
-    if not contains_ppl(params["jaxpr"].jaxpr):
+    if not contains_ppl(scan_body(params).jaxpr):
         return original(vals, dims, **params)
     outs = _as_map(scan_primitive(), axis_size, vals, dims, params)  # each lane runs its own loop: lane axis first
     return outs, [0] * len(outs)

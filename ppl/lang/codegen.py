@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._jax_internals import is_tracer
 from ..core.primitives import sample
 from ..core.primitives import scope as addr_scope
 from . import ast as A
@@ -45,7 +46,7 @@ def _static_int(v: Any) -> int | None:
         return None
     if isinstance(v, int | np.integer):
         return int(v)
-    if isinstance(v, jax.Array) and not isinstance(v, jax.core.Tracer) and v.shape == () \
+    if isinstance(v, jax.Array) and not is_tracer(v) and v.shape == () \
             and jnp.issubdtype(v.dtype, jnp.integer):
         return int(v)
     return None

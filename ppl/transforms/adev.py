@@ -44,7 +44,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._jax_internals import Jaxpr, subjaxprs
+from .._jax_internals import SCAN, Jaxpr, subjaxprs
 from ..core.interpreter import (
     Interpretation,
     PPLError,
@@ -184,7 +184,7 @@ class ADEV(Interpretation):
         {
             sample_p: _adev_sample_cps,
             **control_flow_cps_rules(),
-            "scan": _block_cps(scan_rule),
+            SCAN: _block_cps(scan_rule),
             map_p: _block_cps(map_rule),
         }
     )
