@@ -23,7 +23,10 @@ What the script shows:
    ``param``). ``Trace_ELBO`` has no score-function term for the non-reparameterizable site ``z``: its gradient
    is just ``−∂φ log q(z)``, whose expectation is zero whatever ``φ`` — biased, and the z-score column says so.
    ``TraceGraph_ELBO`` adds the score-function term and is unbiased (at ``φ ≠ 0``: see the last note printed);
-4. training ``φ`` with ``ppl.workflow.fit`` (Adam) — ``enum`` (exact gradients) and the unbiased stochastic strategies
+4. an importance-weighted bound (``ppl.iwae``, K = 3 particles, which are map lanes) with the strategy chosen per
+   particle site — ``enum``/``mvd``/``leave_one_out`` on particles are unbiased, checked against the exact IWAE
+   gradient from enumerating all ``2^K`` particle assignments;
+5. training ``φ`` with ``ppl.workflow.fit`` (Adam) — ``enum`` (exact gradients) and the unbiased stochastic strategies
    reach ``φ*``; NumPyro's ``Trace_ELBO`` with the same optimizer does not (its expected gradient is zero, so ``φ``
    only wanders), ``TraceGraph_ELBO`` does.
 
@@ -33,6 +36,7 @@ Run ``python examples/discrete_latent.py`` (about a minute on 2 CPU cores) or wi
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import time
 import warnings
@@ -160,6 +164,37 @@ def check_numpyro_harness(keys: jax.Array) -> tuple[float, float, float]:
     return g.mean(), g.std(ddof=1) / math.sqrt(g.size), 2.0 - 2.0 * m
 
 
+# ---------------------------------------------------------------------------------------------- IWAE
+
+
+def exact_iwae_grad(phi: float, k: int) -> float:
+    """d/dφ E[log (1/K) Σ_k p(x, z_k)/q(z_k)], enumerating the 2^K particle assignments (plain JAX)."""
+
+    def bound(phi):
+        q1, a = jax.nn.sigmoid(phi), jnp.asarray([log_joint(0), log_joint(1)])
+        tot = 0.0
+        for zs in itertools.product((0, 1), repeat=k):
+            z = jnp.asarray(zs)
+            log_q = jnp.where(z > 0, jnp.log(q1), jnp.log1p(-q1))
+            tot += jnp.exp(jnp.sum(log_q)) * (jax.scipy.special.logsumexp(a[z] - log_q) - jnp.log(k))
+        return tot
+
+    return float(jax.grad(bound)(jnp.asarray(phi)))
+
+
+def iwae_table(keys: jax.Array, k: int = 3, phi: float = 0.5) -> None:
+    print(f"\n== IWAE (K = {k} particles, a map of {k} lanes): strategy per particle site, at phi = {phi} ==")
+    exact = exact_iwae_grad(phi, k)
+    print(f"exact dIWAE/dphi = {exact:+.5f} (enumerating the 2^{k} particle assignments)")
+    for name in ("reinforce", "mvd", "enum", "leave_one_out(4)"):
+        obj = ppl.iwae(model, guide, {"x": X_OBS}, K=k, strategies={"z": STRATEGIES[name][0]})
+        g = jax.jit(jax.vmap(lambda key, obj=obj: obj.grad_estimate(key, (), (jnp.asarray(phi),))[1][0]))(keys)
+        mean, se, var, z = stats(np.asarray(g, np.float64), exact)
+        print(f"ppl iwae {name:<19} mean {mean:+.5f} ± {se:.5f}   variance {var:.2e}   z = {z:+.2f}")
+    print("On particles, enum/mvd/leave_one_out sample the particle and correct its derivative with same-key re-runs")
+    print("of that particle and the rest of the bound (docs/design.md): unbiased, far lower variance than reinforce.")
+
+
 # ---------------------------------------------------------------------------------------------- reporting
 
 
@@ -237,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{label:<28} phi=0: mean {mean:+.5f} ± {se:.5f}   exact {exact_grad(0.0):+.5f}   z = {z:+.2f}")
     print("NumPyro's BernoulliLogits.log_prob uses clip/abs, whose JAX derivative at logits == 0 is off by 0.5, so")
     print("every score-function gradient through it is wrong there; ppl evaluates x*l - softplus(l) instead.")
+
+    iwae_table(keys)
 
     lr = optax.cosine_decay_schedule(0.1, steps)
     print(f"\n== Training phi: Adam, learning rate 0.1 cosine-decayed to 0 over {steps} steps, from phi = -2 ==")

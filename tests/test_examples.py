@@ -47,6 +47,19 @@ def test_discrete_latent_table(discrete_output: str) -> None:
             assert abs(z) > 4.0, f"Trace_ELBO at phi={phi}: z = {z}; its bias should show where the gradient is large"
 
 
+def test_discrete_latent_iwae_particles(discrete_output: str) -> None:
+    """enum / mvd / leave_one_out on the particles of ppl.iwae: unbiased against the exact IWAE gradient, and far
+    below reinforce's variance."""
+    rows = re.findall(rf"^ppl iwae (\S+)\s+mean ({NUM}) ± ({NUM})\s+variance (\S+)\s+z = ({NUM})$", discrete_output,
+                      re.MULTILINE)
+    got = {name: (float(var), float(z)) for name, _, _, var, z in rows}
+    assert set(got) == {"reinforce", "mvd", "enum", "leave_one_out(4)"}, discrete_output
+    for name, (var, z) in got.items():
+        assert abs(z) < 4.0, f"iwae {name}: z = {z}"
+        if name != "reinforce":
+            assert var < 0.2 * got["reinforce"][0], f"iwae {name}: variance {var} vs reinforce {got['reinforce'][0]}"
+
+
 def test_discrete_latent_training(discrete_output: str) -> None:
     m = re.search(rf"^ppl enum\s+phi = ({NUM})\s+\|phi - phi\*\| = ({NUM})", discrete_output, re.MULTILINE)
     assert m, discrete_output
