@@ -148,3 +148,14 @@ def test_site_in_while_loop():
 
     with pytest.raises(PPLError, match=r"\['w'\].*while_loop"):
         _grad(f, 0.3)
+
+
+def test_every_registered_strategy_is_exported_and_in_the_language():
+    from ppl.core.strategy import STRATEGIES
+    from ppl.lang.builtins import STRATEGY_NAMES
+
+    assert set(STRATEGIES) <= set(ppl.__all__), "a registered strategy is not re-exported in ppl/__init__.py"
+    assert set(STRATEGIES) == set(STRATEGY_NAMES)
+    assert all(getattr(ppl, n) is v for n, v in STRATEGIES.items())
+    with pytest.raises(TypeError, match=r"use one of ppl\.baseline, ppl\.detach, ppl\.enum"):
+        ppl.sample("z", dist.Normal(0.0, 1.0), strategy="enum")

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpyro.distributions as nd
 
 from .._jax_internals import Jaxpr, ShapedArray, new_primitive, subjaxprs
-from ..gradients.base import Strategy
 from . import distributions as _dists
+from .strategy import STRATEGIES, Strategy
 
 # ---------------------------------------------------------------------------------------------- static params
 
@@ -220,8 +220,7 @@ def sample(addr: str, d: Any, strategy: Strategy | None = None) -> jax.Array:
     if strategy is not None and not isinstance(strategy, Strategy):
         raise TypeError(
             f"ppl.sample({addr!r}, ...): strategy={strategy!r} is not a gradient strategy; use one of "
-            "ppl.reparam, ppl.reinforce, ppl.baseline(b), ppl.enum, ppl.mvd, ppl.implicit_reparam, "
-            "ppl.leave_one_out(n)"
+            + ", ".join(f"ppl.{n}" for n in sorted(STRATEGIES))
         )
     dleaves, dtree = jax.tree_util.tree_flatten(d)
     sleaves, stree = jax.tree_util.tree_flatten(strategy)

@@ -1,6 +1,6 @@
 """Gradient strategies: ``from ppl.gradients import reparam, reinforce, enum, mvd, baseline, ...``."""
 
-from .base import Strategy, StrategyError
+from ..core.strategy import Strategy, StrategyError
 from .strategies import (
     MVD,
     Detach,

@@ -1,4 +1,4 @@
-"""Gradient strategies: one small final class each (contract in :mod:`ppl.gradients.base`).
+"""Gradient strategies: one small final class each (contract in :mod:`ppl.core.strategy`).
 
 Each estimates ``d/dθ E_{x~p(·;θ)}[k(x)]`` where ``k`` is the rest of the program (the continuation). The
 docstring of each says how many times it runs ``k`` ("calls").
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpyro.distributions as nd
 
 from ..core.distributions import TFPDistribution, log_prob
-from .base import Strategy, StrategyError, sg, weighted, zero_valued
+from ..core.strategy import Strategy, StrategyError, register, sg, weighted, zero_valued
 
 
 def _register(cls):
@@ -193,7 +193,6 @@ class Enum(_Base):
 
     name = "enum"
     calls = "|support|"
-    multi_call = True
 
     def check(self, d, addr):
         _finite_support(d, addr, "enum")
@@ -236,7 +235,6 @@ class MVD(_Base):
 
     name = "mvd"
     calls = "2 (|support| for Categorical, 4 for Normal)"
-    multi_call = True
 
     def check(self, d, addr):
         if (batch := _batch_shape(d)) != ():
@@ -293,7 +291,6 @@ class LeaveOneOut(_Base):
 
     name = "leave_one_out"
     calls = "n"
-    multi_call = True
     aux = ("n",)
 
     def __init__(self, n: int = 4):
@@ -329,13 +326,14 @@ class LeaveOneOut(_Base):
         return f"leave_one_out({self.n})"
 
 
-reparam = Reparam()
-detach = Detach()
-implicit_reparam = ImplicitReparam()
-reinforce = Reinforce()
-enum = Enum()
-mvd = MVD()
-leave_one_out = LeaveOneOut()
+reparam = register("reparam", Reparam())
+detach = register("detach", Detach())
+implicit_reparam = register("implicit_reparam", ImplicitReparam())
+reinforce = register("reinforce", Reinforce())
+baseline = register("baseline", baseline)
+enum = register("enum", Enum())
+mvd = register("mvd", MVD())
+leave_one_out = register("leave_one_out", LeaveOneOut())
 
 
 def default_strategy(d: Any) -> Strategy:

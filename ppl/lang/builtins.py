@@ -21,7 +21,8 @@ import jax.scipy.special as jsp
 import numpy as np
 import numpyro.distributions as nd
 
-from .. import gradients as G
+from .. import gradients  # noqa: F401  (registers the strategies)
+from ..core.strategy import STRATEGIES, Strategy
 
 # ---------------------------------------------------------------------------------------------- distributions
 
@@ -105,18 +106,10 @@ SPECIAL_FORMS: dict[str, tuple[int, int | None, str]] = {
 
 # ---------------------------------------------------------------------------------------------- strategies
 
-STRATEGY_VALUES: dict[str, Any] = {
-    "reparam": G.reparam,
-    "implicit_reparam": G.implicit_reparam,
-    "reinforce": G.reinforce,
-    "enum": G.enum,
-    "mvd": G.mvd,
-}
-STRATEGY_FACTORIES: dict[str, Any] = {
-    "baseline": G.baseline,
-    "reinforce": G.reinforce,  # reinforce(baseline=b)
-    "leave_one_out": G.leave_one_out,
-}
+# From the registry (ppl.core.strategy.STRATEGIES): a value is used bare (`by enum`), a callable as a factory
+# (`by baseline(b)`, `by reinforce(baseline=b)`, `by leave_one_out(8)`).
+STRATEGY_VALUES: dict[str, Any] = {n: v for n, v in STRATEGIES.items() if isinstance(v, Strategy)}
+STRATEGY_FACTORIES: dict[str, Any] = {n: v for n, v in STRATEGIES.items() if callable(v)}
 STRATEGY_NAMES = sorted(set(STRATEGY_VALUES) | set(STRATEGY_FACTORIES))
 
 # ---------------------------------------------------------------------------------------------- objectives

@@ -36,7 +36,7 @@ from jax.scipy.special import logsumexp
 
 from ..core.interpreter import PPLError
 from ..core.lanes import vmap
-from ..gradients.base import Strategy, StrategyError, sg, zero_valued
+from ..core.strategy import Strategy, StrategyError, sg, zero_valued
 from ..gradients.strategies import ImplicitReparam, Reinforce, Reparam, default_strategy, detach, reinforce
 from ..transforms.adev import Expectation, expectation
 from ..transforms.strategy_rewrite import with_strategies

@@ -60,7 +60,7 @@ from ..core.interpreter import (
 )
 from ..core.primitives import Site, cost_p, factor_p, map_p, sample_p
 from ..core.staging import Staged
-from ..gradients.base import sg, weighted
+from ..core.strategy import sg, weighted
 from ..gradients.strategies import default_strategy
 
 # ---------------------------------------------------------------------------------------------- rules

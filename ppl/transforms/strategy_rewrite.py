@@ -31,7 +31,7 @@ import jax
 from ..core.interpreter import Interpretation, PPLError, RuleTable, State, addresses, control_flow_rules, rebind, run
 from ..core.primitives import Site, StrategySpec, cost_p, factor_p, sample_p
 from ..core.staging import Staged
-from ..gradients.base import Strategy
+from ..core.strategy import Strategy
 
 
 def _set_strategy(interp, state, eqn, invals):

@@ -54,7 +54,7 @@ import numpy as np
 
 from .._jax_internals import subjaxprs
 from ..core.primitives import sample_p
-from ..gradients.base import Strategy
+from ..core.strategy import Strategy
 from ..transforms.strategy_rewrite import with_strategies
 from .fit import as_args, as_key
 

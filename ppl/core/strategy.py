@@ -4,17 +4,21 @@ A gradient strategy says how ADEV estimates the derivative of an expectation thr
 small immutable value (a pytree: a baseline may be a traced array) with
 
 * ``check(d, addr)`` — raise a ``StrategyError`` naming ``addr`` if the strategy cannot apply to distribution ``d``;
-* for strategies that call the continuation once (``calls = "1"``): ``sample(key, d) -> (x, score)`` where ``x`` is
-  the value (carrying its pathwise derivative, if any) and ``score`` a *surrogate* whose value is exactly 0 and whose
-  derivative is the score-function term ``∂θ log p(x; θ)`` (zero for pathwise strategies); and
-  ``cost(score)``, a zero-valued surrogate added to the objective (a baseline's ``-b · ∂ log p``);
-* for strategies that call it more than once (``multi_call = True``): ``couple(key, d) -> (x, c0, values,
-  coeffs)``: the value ``x`` the program goes on with (no derivative), and the correction
-  ``c0 · F(x) + Σ_j coeffs[j] · F(values[j])`` whose derivative, for *any* unbiased estimates ``F(v)`` of the rest of
-  the program given the choice ``v`` (taken as constants), estimates ``Σ_v ∂θ p(v; θ) · E[rest | v]`` without bias
-  (``c0`` and ``coeffs`` are zero-valued surrogates; ``c0`` may be ``None``). Straight-line sites evaluate ``F`` as
-  the continuation ``k`` (:func:`coupled_estimate`, or the strategy's own ``jvp_estimate``); sites in map lanes and
-  loop bodies re-run the program from the map or loop with that one value replaced (``ppl.transforms.adev``).
+* ``calls``: how many times it runs the continuation (``"1"``, the default, or e.g. ``"|support|"``); ``multi_call``
+  is ``calls != "1"``;
+* for one-call strategies: ``sample(key, d) -> (x, score)`` where ``x`` is the value (carrying its pathwise
+  derivative, if any) and ``score`` a *surrogate* whose value is exactly 0 and whose derivative is the score-function
+  term ``∂θ log p(x; θ)`` (zero for pathwise strategies); and ``cost(score)``, a zero-valued surrogate added to the
+  objective (a baseline's ``-b · ∂ log p``);
+* for multi-call strategies: ``couple(key, d) -> (x, c0, values, coeffs)``: the value ``x`` the program goes on with
+  (no derivative), and the correction ``c0 · F(x) + Σ_j coeffs[j] · F(values[j])`` whose derivative, for *any*
+  unbiased estimates ``F(v)`` of the rest of the program given the choice ``v`` (taken as constants), estimates
+  ``Σ_v ∂θ p(v; θ) · E[rest | v]`` without bias (``c0`` and ``coeffs`` are zero-valued surrogates; ``c0`` may be
+  ``None``). Straight-line sites evaluate ``F`` as the continuation ``k`` (:func:`coupled_estimate`, or the
+  strategy's own ``jvp_estimate``); sites in map lanes and loop bodies re-run the program from the map or loop with
+  that one value replaced (``ppl.transforms.adev``);
+* ``unbiased`` (default ``True``; ``detach`` is the one biased strategy);
+* registration: ``register(name, value)`` puts it in :data:`STRATEGIES`, which the language and error messages read.
 
 A *surrogate* is a scalar whose value is the estimate and whose derivative (``jax.jvp`` / ``jax.grad``) is the
 tangent estimate: ADEV's dual number, represented so that JAX's own forward and reverse modes apply to it.
@@ -49,9 +53,13 @@ class Strategy:
     """Base class of gradient strategies (see the module docstring for the contract)."""
 
     name: ClassVar[str] = "strategy"
-    calls: ClassVar[str] = "1"  # continuation calls, for the docs and compare_estimators
-    multi_call: ClassVar[bool] = False
+    calls: ClassVar[str] = "1"  # continuation calls ("1": state passing; anything else: needs the continuation)
     unbiased: ClassVar[bool] = True  # does it estimate the derivative without bias (detach does not)?
+
+    @property
+    def multi_call(self) -> bool:
+        """Does the strategy call the continuation more than once (so it needs it: enum, mvd, leave_one_out)?"""
+        return self.calls != "1"
 
     def check(self, d: Any, addr: str) -> None:
         """Raise ``StrategyError`` naming ``addr`` if this strategy cannot estimate through ``d``."""
@@ -74,6 +82,17 @@ class Strategy:
 
     def __repr__(self) -> str:
         return self.name
+
+
+STRATEGIES: dict[str, Any] = {}
+"""The registry: name -> strategy value (or factory, such as ``baseline``), as ``ppl.<name>``. The language's
+builtins, the error messages that list strategies and ``ppl``'s exports (a test checks) read it."""
+
+
+def register(name: str, value: Any) -> Any:
+    """Register a strategy value or factory under ``name`` (returns it: ``mvd = register("mvd", MVD())``)."""
+    STRATEGIES[name] = value
+    return value
 
 
 def coupled_estimate(coupling: tuple[Any, Any, Any, Any], k: Any) -> Any:
