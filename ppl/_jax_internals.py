@@ -13,6 +13,7 @@ Sharp edges:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -90,11 +91,13 @@ def override_batcher(prim: Primitive, rule: Callable[..., Any]) -> None:
     table[prim] = wrapped
 
 
+@functools.cache
 def cond_primitive() -> Primitive:
     """``lax.cond``'s primitive (not exported by JAX; read off a staged ``cond``)."""
     return jax.make_jaxpr(lambda p: jax.lax.cond(p, lambda: 0, lambda: 1))(True).eqns[-1].primitive
 
 
+@functools.cache
 def scan_primitive() -> Primitive:
     """``lax.scan``'s primitive (read off a staged ``scan``)."""
     return jax.make_jaxpr(lambda: jax.lax.scan(lambda c, _: (c, None), 0, None, length=1))().eqns[-1].primitive
