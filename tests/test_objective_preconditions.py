@@ -88,3 +88,11 @@ def test_unhelpful_errors_now_name_the_address_and_the_fix():
     f = ppl.expectation(lambda t: ppl.sample("z", tfd.Bernoulli(logits=t), strategy=ppl.enum) * 1.0)
     with pytest.raises(ppl.StrategyError, match=r"enum at 'z': TFP distributions are not enumerable.*NumPyro"):
         f.grad_estimate(KEY, 0.0)
+
+
+def test_grad_estimate_with_nothing_to_differentiate_is_an_error():
+    # was: grad_estimate(key, 1) returned None
+    f = ppl.expectation(lambda t: ppl.sample("x", dist.Normal(t, 1.0)))
+    with pytest.raises(ppl.PPLError, match=r"no floating-point argument to differentiate \(got int 1\).*1\.0"):
+        f.grad_estimate(KEY, 1)
+    np.testing.assert_allclose(f.grad_estimate(KEY, 1.0), 1.0)

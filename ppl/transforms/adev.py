@@ -249,6 +249,12 @@ class Expectation:
         """``(estimate, gradient estimate)`` from one run of the program."""
         leaves, tree = jax.tree_util.tree_flatten(args)
         idx = [i for i, x in enumerate(leaves) if _differentiable(x)]
+        if not idx:
+            kinds = ", ".join(f"{type(x).__name__} {x!r}" if jnp.ndim(x) == 0 else type(x).__name__ for x in leaves)
+            raise PPLError(
+                f"{self.__name__}: no floating-point argument to differentiate (got {kinds or 'no arguments'}); "
+                "gradients are taken with respect to float leaves — write 1.0, not 1, or jnp.asarray(x, float)"
+            )
 
         def f(diff):
             new = list(leaves)
