@@ -36,3 +36,15 @@ def test_estimator_size_is_linear_in_the_number_of_sites(strategy):
     per_site = sizes[2] - sizes[1]
     for m in (4, 8):  # no doubling per site (the mvd regression: 247,713 equations at m = 8)
         assert sizes[m] <= sizes[1] + 1.25 * per_site * (m - 1), sizes
+
+
+def test_the_staging_cache_is_bounded():
+    # a Python float argument is static: each new value stages anew, but the cache keeps the most recent signatures
+    from ppl.core.staging import Staged
+
+    st = Staged(lambda x, s: x * s)
+    for i in range(Staged.MAX_CACHED + 20):
+        st.stage((jnp.ones(2), float(i)))
+    assert len(st._cache) == Staged.MAX_CACHED
+    first = st.stage((jnp.ones(2), float(Staged.MAX_CACHED + 19)))[0]
+    assert st.stage((jnp.ones(2), float(Staged.MAX_CACHED + 19)))[0] is first  # still a hit

@@ -12,12 +12,13 @@ part of the cache key, so ``model(data_len)`` can use ``data_len`` as a ``lax.sc
 (1, True)
 
 Sharp edges:
-    * A Python float argument is static: each distinct value stages (and compiles) anew. Pass ``jnp.asarray(x)``
-      for a value that changes.
+    * A Python float argument is static: each distinct value stages (and compiles) anew, and the cache keeps the
+      ``Staged.MAX_CACHED`` most recent signatures. Pass ``jnp.asarray(x)`` for a value that changes.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,11 +56,14 @@ class ArgSplit:
 
 
 class Staged:
-    """A function staged to a ``ClosedJaxpr`` per abstract signature (cached)."""
+    """A function staged to a ``ClosedJaxpr`` per abstract signature (cached, least recently used first out beyond
+    ``MAX_CACHED`` signatures: a Python float argument that takes many values does not grow memory without bound)."""
+
+    MAX_CACHED = 256
 
     def __init__(self, fn: Callable[..., Any]):
         self.fn = fn
-        self._cache: dict[Any, tuple[ClosedJaxpr, Any, ArgSplit]] = {}
+        self._cache: OrderedDict[Any, tuple[ClosedJaxpr, Any, ArgSplit]] = OrderedDict()
 
     def stage(self, args: tuple[Any, ...]) -> tuple[ClosedJaxpr, Any, list[Any]]:
         """``(jaxpr, out_tree, dynamic_args)`` for a call ``fn(*args)``."""
@@ -71,10 +75,14 @@ class Staged:
         except TypeError:
             key = None
         hit = self._cache.get(key) if key is not None else None
-        if hit is None:
+        if hit is not None:
+            self._cache.move_to_end(key)
+        else:
             structs = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in avals]
             jaxpr, shapes = jax.make_jaxpr(lambda *d: self.fn(*split.merge(list(d))), return_shape=True)(*structs)
             hit = (jaxpr, jax.tree_util.tree_structure(shapes), split)
             if key is not None:
                 self._cache[key] = hit
+                if len(self._cache) > self.MAX_CACHED:
+                    self._cache.popitem(last=False)
         return hit[0], hit[1], dyn
