@@ -26,7 +26,6 @@ Sharp edges:
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,7 +38,7 @@ from ..core.lanes import vmap
 from ..core.strategy import Strategy, StrategyError, sg, zero_valued
 from ..gradients.strategies import ImplicitReparam, Reinforce, Reparam, default_strategy, detach, reinforce
 from ..transforms.adev import Expectation, expectation
-from ..transforms.strategy_rewrite import with_strategies
+from ..transforms.strategy_rewrite import first_match, with_strategies
 from ..transforms.tracing import GenFn, density, sim, sites
 
 GuideInputs = Callable[[Mapping[str, Any]], Any]
@@ -89,7 +88,8 @@ def _check_reparameterized(who: str, guide: Any, args: tuple[Any, ...], strategi
     if not isinstance(guide, GenFn):
         return
     for addr, d, s in sites(guide, *args):
-        chosen = next((v for p, v in (strategies or {}).items() if fnmatch.fnmatchcase(addr, p)), s)
+        hit = first_match(strategies or {}, addr)
+        chosen = hit[1] if hit is not None else s
         chosen = default_strategy(d) if chosen is None else chosen
         if not isinstance(chosen, Reparam | ImplicitReparam) or not d.has_rsample:
             raise StrategyError(

@@ -44,6 +44,13 @@ def _set_strategy(interp, state, eqn, invals):
     return [x], state
 
 
+def first_match(patterns: Any, addr: str) -> tuple[str, Strategy] | None:
+    """``(pattern, strategy)`` of the first glob (in order) that matches ``addr``: the one rule for which pattern of a
+    ``{glob: strategy}`` mapping (or its items) applies to a site."""
+    items = patterns.items() if isinstance(patterns, Mapping) else patterns
+    return next(((p, s) for p, s in items if fnmatch.fnmatchcase(addr, p)), None)
+
+
 @dataclass(frozen=True)
 class SetStrategies(Interpretation):
     patterns: tuple[tuple[str, Strategy], ...]
@@ -54,10 +61,10 @@ class SetStrategies(Interpretation):
     rules = RuleTable({sample_p: _set_strategy, factor_p: rebind, cost_p: rebind, **control_flow_rules()})
 
     def choose(self, addr: str, current: StrategySpec) -> Strategy | None:
-        for pat, s in self.patterns:
-            if fnmatch.fnmatchcase(addr, pat):
-                self.matched.add(pat)
-                return s
+        hit = first_match(self.patterns, addr)
+        if hit is not None:
+            self.matched.add(hit[0])
+            return hit[1]
         if self.default is not None and repr(current) == "default":
             return self.default
         return None
