@@ -8,6 +8,7 @@ ADEV compiles an objective into one plain JAX function that estimates its value 
 from . import lang
 from .core.interpreter import PPLError
 from .core.lanes import vmap
+from .core.plates import plate
 from .core.primitives import add_cost, factor, sample, scope
 from .gradients import (
     Strategy,
@@ -37,6 +38,7 @@ __all__ = [
     "factor",
     "add_cost",
     "scope",
+    "plate",
     "gen",
     "GenFn",
     "Trace",

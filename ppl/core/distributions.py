@@ -16,12 +16,15 @@ Sharp edges:
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpyro.distributions as nd
 from jax.scipy.special import gammaln
+from numpyro.distributions import constraints
 
 
 class TFPDistribution(nd.Distribution):
@@ -116,3 +119,30 @@ def as_numpyro(d: Any, addr: str) -> nd.Distribution:
         "numpyro.distributions.Distribution or a tensorflow_probability.substrates.jax distribution"
     )
 
+
+class Subsample(nd.Distribution):
+    """``subsample_size`` distinct indices of ``range(size)`` drawn uniformly, with log density 0.
+
+    The distribution of a subsampled plate's indices (``ppl.plate``, ``numpyro.plate``). Its density is left out
+    (taken as 0), as NumPyro's ``log_density`` leaves plates out: a constant that cancels between a guide and a
+    model sharing the plate, and has no derivative.
+    """
+
+    pytree_aux_fields = ("size", "subsample_size")
+    arg_constraints: dict[str, Any] = {}
+    support = constraints.nonnegative_integer
+
+    def __init__(self, size: int, subsample_size: int):
+        self.size, self.subsample_size = int(size), int(subsample_size)
+        super().__init__(batch_shape=(), event_shape=(self.subsample_size,))
+
+    def sample(self, key: Any, sample_shape: tuple[int, ...] = ()) -> jax.Array:
+        def one(k):
+            return jax.random.choice(k, self.size, (self.subsample_size,), replace=False)
+
+        n = math.prod(sample_shape)
+        out = jax.vmap(one)(jax.random.split(key, n))
+        return out.reshape((*sample_shape, self.subsample_size))
+
+    def log_prob(self, value: Any) -> jax.Array:
+        return jnp.zeros(jnp.shape(value)[:-1])

@@ -61,13 +61,10 @@ from .._jax_internals import (
     subjaxprs,
 )
 from .lanes import map_lanes
-from .primitives import PPL_PRIMITIVES, contains_ppl, map_p, sample_p
+from .primitives import PPL_PRIMITIVES, PPLError, contains_ppl, map_p, sample_p
 
 Rule = Callable[..., Any]
-
-
-class PPLError(ValueError):
-    """A program that ``ppl`` cannot interpret as written (the message names the address or primitive)."""
+__all__ = ["PPLError"]  # defined with the primitives (staging raises it too), re-exported here
 
 
 # ---------------------------------------------------------------------------------------------- state
@@ -139,7 +136,10 @@ class Interpretation:
     cps_rules: ClassVar[dict[Any, Rule]] = {}
     records: ClassVar[bool] = False  # do the choices get recorded (and so need unique addresses)?
     rewrites: ClassVar[bool] = False  # does the output still hold random choices (maps are re-bound as maps)?
-    inherited: ClassVar[frozenset[str]] = frozenset()  # accumulators a lane starts from (others start at 0)
+
+    def inherits(self, name: str) -> bool:
+        """Does a map lane start accumulator ``name`` from its current value (else from 0)?"""
+        return False
 
     def may_request(self, eqn: JaxprEqn) -> bool:
         """Can a block of ``eqn`` produce ``State.requests`` (then ``cond`` unions them across branches)?"""
@@ -340,7 +340,7 @@ def map_rule(interp, state, eqn, invals):
     """A map (``map_p``): interpret the lane body for one lane, then map the interpreted lane.
 
     Lane ``i`` gets the block key folded with ``i``; its accumulators start at zero (those the interpretation lists
-    in ``inherited`` start at the current value) and their increments are summed over lanes; its choices get the
+    in :meth:`Interpretation.inherits` start at the current value) and their increments are summed over lanes; its choices get the
     lane axis in front. A ``cond`` in the lane is interpreted per lane before ``jax.vmap`` sees it.
     """
     return map_lanes_rule(interp, state, eqn, invals)[:2]
@@ -352,7 +352,7 @@ def map_lanes_rule(interp, state, eqn, invals):
     p = eqn.params
     body, size, in_axes = p["body"], p["size"], p["in_axes"]
     state, body_addrs, data, at = _enter_block(interp, state, eqn, body)
-    start = {n: v if n in interp.inherited else jnp.zeros_like(v) for n, v in state.carry.items()}
+    start = {n: v if interp.inherits(n) else jnp.zeros_like(v) for n, v in state.carry.items()}
 
     def lane(i, data_i, start, *args, interp=interp):
         outs, st = run(interp.for_iteration(data_i), body, args, at(i, start))

@@ -89,9 +89,9 @@ def _map_batcher(axis_size, vals, dims, /, **params):
 
 
 def _weight_batcher(prim):
-    def rule(axis_size, vals, dims, /):
+    def rule(axis_size, vals, dims, /, **params):
         (x,), (d,) = vals, dims
-        prim.bind(x * axis_size if d is None else jnp.sum(x, axis=d))  # once per lane
+        prim.bind(x * axis_size if d is None else jnp.sum(x, axis=d), **params)  # once per lane
         return [], []
 
     return rule

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,11 @@ import numpyro.distributions as nd
 from .._jax_internals import Jaxpr, ShapedArray, new_primitive, subjaxprs
 from . import distributions as _dists
 from .strategy import STRATEGIES, Strategy
+
+
+class PPLError(ValueError):
+    """A program that ``ppl`` cannot interpret as written (the message names the address or primitive)."""
+
 
 # ---------------------------------------------------------------------------------------------- static params
 
@@ -109,13 +115,28 @@ class Site:
     dist_leaves: tuple[Any, ...]
     strategy_leaves: tuple[Any, ...]
 
+    plates: tuple[PlateSpec, ...] = ()
+
     @staticmethod
-    def of(invals: Sequence[Any], addr: str, dist: DistSpec, strategy: StrategySpec) -> Site:
-        return Site(addr, dist, strategy, tuple(invals[: dist.num_leaves]), tuple(invals[dist.num_leaves :]))
+    def of(
+        invals: Sequence[Any], addr: str, dist: DistSpec, strategy: StrategySpec, plates: tuple[PlateSpec, ...] = ()
+    ) -> Site:
+        n = dist.num_leaves
+        return Site(addr, dist, strategy, tuple(invals[:n]), tuple(invals[n:]), plates)
+
+    @property
+    def scale(self) -> float:
+        """The subsampling scale (``size / subsample_size`` of each enclosing plate, multiplied)."""
+        return math.prod(p.scale for p in self.plates)
 
     def log_prob(self, x: Any) -> Any:
-        """Total log density of value ``x`` (summed over event and batch axes)."""
-        return jnp.sum(_dists.log_prob(self.dist(), x))
+        """Total log density of value ``x`` (summed over event and batch axes; scaled by subsampling plates)."""
+        lp = jnp.sum(_dists.log_prob(self.dist(), x))
+        return lp if self.scale == 1 else self.scale * lp
+
+    def lane_log_prob(self, x: Any) -> Any:
+        """The log density of ``x`` per lane of the site's outermost plate (a ``(lanes,)`` vector, scaled)."""
+        return self.scale * self.plates[0].per_lane(_dists.log_prob(self.dist(), x))
 
     def dist(self) -> nd.Distribution:
         return self.spec.unflatten(self.dist_leaves)
@@ -149,7 +170,7 @@ def _sample_aval(spec: DistSpec, strategy: StrategySpec, avals: tuple[Any, ...])
     return ShapedArray(out.shape, out.dtype)
 
 
-def _sample_abstract_eval(*avals, addr, dist, strategy):
+def _sample_abstract_eval(*avals, addr, dist, strategy, plates=()):
     return _sample_aval(dist, strategy, tuple(ShapedArray(a.shape, a.dtype) for a in avals))
 
 
@@ -158,8 +179,9 @@ def _map_abstract_eval(*avals, body, size, in_axes):
 
 
 sample_p = new_primitive("sample", _sample_abstract_eval, _outside("sample"), multiple_results=False)
-factor_p = new_primitive("factor", lambda w: [], _outside("factor"))
-cost_p = new_primitive("cost", lambda c: [], _outside("add_cost"))
+factor_p = new_primitive("factor", lambda w, plate=None: [], _outside("factor"))
+cost_p = new_primitive("cost", lambda c, plate=None: [], _outside("add_cost"))
+"""``factor_p``/``cost_p``: a log weight / a cost — a scalar, or with ``plate`` one value per lane of that plate."""
 map_p = new_primitive("ppl_map", _map_abstract_eval, _outside("vmap"))
 """``map_p``: ``size`` lanes of the per-lane program ``body`` (a ``ClosedJaxpr``), operands mapped along ``in_axes``
 (``None``: shared by all lanes); every output gets the lane axis in front. Each lane is its own execution: the
@@ -172,6 +194,57 @@ PPL_PRIMITIVES = frozenset({sample_p, factor_p, cost_p, map_p})
 def contains_ppl(jaxpr: Jaxpr) -> bool:
     """Does ``jaxpr`` (or a jaxpr nested in it) bind a ``ppl`` primitive?"""
     return any(e.primitive in PPL_PRIMITIVES or any(map(contains_ppl, subjaxprs(e))) for e in jaxpr.eqns)
+
+# ---------------------------------------------------------------------------------------------- plates
+
+
+@dataclass(frozen=True)
+class PlateSpec:
+    """A plate as its sites see it: ``lanes`` conditionally independent lanes along batch dimension ``dim``
+    (negative, from the right), ``size`` the full size and ``scale = size / lanes`` (subsampling)."""
+
+    name: str
+    size: int
+    lanes: int
+    dim: int
+
+    @property
+    def scale(self) -> float:
+        return self.size / self.lanes
+
+    def per_lane(self, x: Any) -> Any:
+        """``x`` (with the plate's dimension at ``dim``) summed over every other axis: a ``(lanes,)`` vector."""
+        x = jnp.asarray(x)
+        x = jnp.moveaxis(jnp.broadcast_to(x, _with_dim(x.shape, self.dim, self.lanes)), self.dim, 0)
+        return jnp.sum(x.reshape(self.lanes, -1), axis=1)
+
+    def __repr__(self) -> str:
+        sub = f", subsample {self.lanes}" if self.lanes != self.size else ""
+        return f"plate {self.name!r} (size {self.size}{sub}, dim {self.dim})"
+
+
+def _with_dim(shape: tuple[int, ...], dim: int, n: int) -> tuple[int, ...]:
+    s = [1] * max(0, -dim - len(shape)) + list(shape)
+    s[dim] = n
+    return tuple(s)
+
+
+_plates = threading.local()
+
+
+def active_plates() -> tuple[PlateSpec, ...]:
+    """The plates enclosing the code being staged, outermost first."""
+    return getattr(_plates, "stack", ())
+
+
+@contextlib.contextmanager
+def _push_plate(spec: PlateSpec) -> Iterator[None]:
+    _plates.stack = (*active_plates(), spec)
+    try:
+        yield
+    finally:
+        _plates.stack = _plates.stack[:-1]
+
 
 # ---------------------------------------------------------------------------------------------- user functions
 
@@ -222,17 +295,54 @@ def sample(addr: str, d: Any, strategy: Strategy | None = None) -> jax.Array:
             f"ppl.sample({addr!r}, ...): strategy={strategy!r} is not a gradient strategy; use one of "
             + ", ".join(f"ppl.{n}" for n in sorted(STRATEGIES))
         )
+    return bind_sample(_prefix() + addr, d, strategy, active_plates())
+
+
+def bind_sample(addr: str, d: Any, strategy: Strategy | None, plates: tuple[PlateSpec, ...]) -> jax.Array:
+    """Bind ``sample_p`` for ``d`` (broadcast to the batch shape the ``plates`` require)."""
+    d = _in_plates(d, addr, plates)
     dleaves, dtree = jax.tree_util.tree_flatten(d)
     sleaves, stree = jax.tree_util.tree_flatten(strategy)
     spec = DistSpec(dtree, len(dleaves), validate=bool(getattr(d, "_validate_args", False)))
-    return sample_p.bind(*dleaves, *sleaves, addr=_prefix() + addr, dist=spec, strategy=StrategySpec(stree))
+    return sample_p.bind(*dleaves, *sleaves, addr=addr, dist=spec, strategy=StrategySpec(stree), plates=plates)
+
+
+def _in_plates(d: Any, addr: str, plates: tuple[PlateSpec, ...]) -> Any:
+    """``d`` expanded to the batch shape its plates give it (NumPyro's broadcasting); a clash is an error."""
+    batch = tuple(d.batch_shape)
+    want = list(batch)
+    for p in plates:
+        want = list(_with_dim(tuple(want), p.dim, p.lanes))
+        have = batch[p.dim] if len(batch) >= -p.dim else 1
+        if have not in (1, p.lanes):
+            raise PPLError(
+                f"site {addr!r} inside {p!r}: its distribution has batch shape {batch}, whose dimension {p.dim} is "
+                f"{have}, not the plate's {p.lanes}. Give it one value per lane along dim {p.dim} (or size 1 to "
+                "broadcast)"
+            )
+    return d if tuple(want) == batch else d.expand(tuple(want))
 
 
 def factor(log_weight: Any) -> None:
-    """Add ``log_weight`` (summed if it is an array) to the log density of the enclosing program."""
-    factor_p.bind(jnp.sum(jnp.asarray(log_weight)))
+    """Add ``log_weight`` (summed if it is an array) to the log density of the enclosing program.
+
+    Inside ``ppl.plate`` an array ``log_weight`` with the plate's dimension is one weight per lane (so estimators
+    condition per lane, as for the plate's sites)."""
+    _weight(factor_p, log_weight)
 
 
 def add_cost(c: Any) -> None:
-    """Inside an expectation, add ``c`` (summed if it is an array) to the value whose expectation is taken."""
-    cost_p.bind(jnp.sum(jnp.asarray(c)))
+    """Inside an expectation, add ``c`` (summed if it is an array) to the value whose expectation is taken.
+
+    Inside ``ppl.plate`` an array ``c`` with the plate's dimension is one cost per lane: only the scores of that
+    lane's choices (and of choices outside the plate) multiply it."""
+    _weight(cost_p, c)
+
+
+def _weight(prim: Any, x: Any) -> None:
+    x = jnp.asarray(x)
+    plates = active_plates()
+    if plates and x.ndim >= -plates[0].dim and x.shape[plates[0].dim] == plates[0].lanes:
+        prim.bind(plates[0].per_lane(x), plate=plates[0])
+    else:
+        prim.bind(jnp.sum(x), plate=None)

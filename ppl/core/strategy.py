@@ -3,18 +3,21 @@
 A gradient strategy says how ADEV estimates the derivative of an expectation through one random choice. It is a
 small immutable value (a pytree: a baseline may be a traced array) with
 
-* ``check(d, addr)`` — raise a ``StrategyError`` naming ``addr`` if the strategy cannot apply to distribution ``d``;
+* ``check(d, addr, lanes=False)`` — raise a ``StrategyError`` naming ``addr`` if the strategy cannot apply to
+  distribution ``d`` (``lanes``: ``d``'s batch components are independent plate lanes, each estimated on its own);
 * ``calls``: how many times it runs the continuation (``"1"``, the default, or e.g. ``"|support|"``); ``multi_call``
   is ``calls != "1"``;
 * for one-call strategies: ``sample(key, d) -> (x, score)`` where ``x`` is the value (carrying its pathwise
   derivative, if any) and ``score`` a *surrogate* whose value is exactly 0 and whose derivative is the score-function
-  term ``∂θ log p(x; θ)`` (zero for pathwise strategies); and ``cost(score)``, a zero-valued surrogate added to the
-  objective (a baseline's ``-b · ∂ log p``);
+  term ``∂θ log p(x; θ)`` (zero for pathwise strategies), per batch component of ``d`` (callers sum it, or keep one
+  per plate lane); and ``cost(score)`` of the summed score, a zero-valued surrogate added to the objective (a
+  baseline's ``-b · ∂ log p``);
 * for multi-call strategies: ``couple(key, d) -> (x, c0, values, coeffs)``: the value ``x`` the program goes on with
   (no derivative), and the correction ``c0 · F(x) + Σ_j coeffs[j] · F(values[j])`` whose derivative, for *any*
   unbiased estimates ``F(v)`` of the rest of the program given the choice ``v`` (taken as constants), estimates
   ``Σ_v ∂θ p(v; θ) · E[rest | v]`` without bias (``c0`` and ``coeffs`` are zero-valued surrogates; ``c0`` may be
-  ``None``). Straight-line sites evaluate ``F`` as the continuation ``k`` (:func:`coupled_estimate`, or the
+  ``None``). For a batched ``d`` all four are per component (``values``/``coeffs``: ``(m, *batch)``), each
+  component's correction is about that component alone (plates use it). Straight-line sites evaluate ``F`` as the continuation ``k`` (:func:`coupled_estimate`, or the
   strategy's own ``jvp_estimate``); sites in map lanes and loop bodies re-run the program from the map or loop with
   that one value replaced (``ppl.transforms.adev``);
 * ``unbiased`` (default ``True``; ``detach`` is the one biased strategy);
@@ -61,7 +64,7 @@ class Strategy:
         """Does the strategy call the continuation more than once (so it needs it: enum, mvd, leave_one_out)?"""
         return self.calls != "1"
 
-    def check(self, d: Any, addr: str) -> None:
+    def check(self, d: Any, addr: str, lanes: bool = False) -> None:
         """Raise ``StrategyError`` naming ``addr`` if this strategy cannot estimate through ``d``."""
 
     def sample(self, key: Any, d: Any) -> tuple[Any, Any]:
@@ -73,11 +76,17 @@ class Strategy:
     def couple(self, key: Any, d: Any) -> tuple[Any, Any, Any, Any]:
         raise NotImplementedError
 
+    def exact(self, d: Any) -> tuple[Any, Any] | None:
+        """``(values, weights)`` with ``E[F] = Σ_j weights[j] · F(values[j])`` exactly (weights carry their
+        derivatives; per component for a batched ``d``), for strategies that enumerate (``enum``); else ``None``."""
+        return None
+
     def jvp_estimate(self, key: Any, d: Any, k: Any) -> Any:
         """Surrogate of ``E[k(x)]``: the one-call form from ``sample``/``cost``, the multi-call one from ``couple``."""
         if self.multi_call:
             return coupled_estimate(self.couple(key, d), k)
         x, score = self.sample(key, d)
+        score = jnp.sum(score)
         return weighted(k(x), score) + self.cost(score)
 
     def __repr__(self) -> str:

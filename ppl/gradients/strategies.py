@@ -74,7 +74,7 @@ class Reparam(_Base):
 
     name = "reparam"
 
-    def check(self, d, addr):
+    def check(self, d, addr, lanes=False):
         if not d.has_rsample:
             raise StrategyError(
                 f"reparam at {addr!r}: {type(d).__name__} has no reparameterized sampler; use reinforce, "
@@ -113,7 +113,7 @@ class ImplicitReparam(_Base):
 
     name = "implicit_reparam"
 
-    def check(self, d, addr):
+    def check(self, d, addr, lanes=False):
         if not isinstance(d, _IMPLICIT):
             raise StrategyError(
                 f"implicit_reparam at {addr!r}: {type(d).__name__} is not one of the implicitly reparameterized "
@@ -144,7 +144,7 @@ class Reinforce(_Base):
 
     def sample(self, key, d):
         x = sg(d.sample(key))
-        return x, zero_valued(_sum_log_prob(d, x))
+        return x, zero_valued(log_prob(d, x))
 
     def cost(self, score):
         return 0.0 * score if self.baseline is None else -sg(jnp.sum(self.baseline)) * score
@@ -163,7 +163,7 @@ def _batch_shape(d):
     return d.base_dist.batch_shape if isinstance(d, nd.Independent) else d.batch_shape
 
 
-def _finite_support(d, addr, who):
+def _finite_support(d, addr, who, lanes):
     if isinstance(d, TFPDistribution):
         raise StrategyError(
             f"{who} at {addr!r}: TFP distributions are not enumerable here; use the NumPyro distribution of the same "
@@ -175,11 +175,11 @@ def _finite_support(d, addr, who):
             "support); use reparam, reinforce or mvd"
         )
     batch = _batch_shape(d)
-    if batch != ():
+    if batch != () and not lanes:
         raise StrategyError(
             f"{who} at {addr!r}: the distribution has batch shape {batch}; enumerating it jointly costs "
-            "|support|^n continuation calls. Map one scalar site over the components instead (jax.vmap or ppl.vmap: "
-            "n·|support| calls), or use reinforce"
+            "|support|^n continuation calls. Declare the components independent with ppl.plate (|support| calls), "
+            "map one scalar site over them (jax.vmap or ppl.vmap), or use reinforce"
         )
 
 
@@ -194,16 +194,20 @@ class Enum(_Base):
     name = "enum"
     calls = "|support|"
 
-    def check(self, d, addr):
-        _finite_support(d, addr, "enum")
+    def check(self, d, addr, lanes=False):
+        _finite_support(d, addr, "enum", lanes)
 
     def jvp_estimate(self, key, d, k):
         values = _support(d)
         return jnp.sum(jnp.exp(jax.vmap(lambda v: _sum_log_prob(d, v))(values)) * jax.vmap(k)(values))
 
+    def exact(self, d):
+        values = d.enumerate_support(expand=True)  # (|support|, *batch): each component enumerated on its own
+        return values, jnp.exp(jax.vmap(lambda v: log_prob(d, v))(values))
+
     def couple(self, key, d):
-        values = _support(d)
-        return sg(d.sample(key)), None, values, zero_valued(jnp.exp(jax.vmap(lambda v: _sum_log_prob(d, v))(values)))
+        values, probs = self.exact(d)
+        return sg(d.sample(key)), None, values, zero_valued(probs)
 
 
 def _support(d):
@@ -236,11 +240,11 @@ class MVD(_Base):
     name = "mvd"
     calls = "2 (|support| for Categorical, 4 for Normal)"
 
-    def check(self, d, addr):
-        if (batch := _batch_shape(d)) != ():
+    def check(self, d, addr, lanes=False):
+        if (batch := _batch_shape(d)) != () and not lanes:
             raise StrategyError(
-                f"mvd at {addr!r}: batch shape {batch}; map one scalar site over the components instead (jax.vmap or "
-                "ppl.vmap), or use reinforce"
+                f"mvd at {addr!r}: batch shape {batch}; declare the components independent with ppl.plate, map one "
+                "scalar site over them (jax.vmap or ppl.vmap), or use reinforce"
             )
         if not isinstance(d, _MVD + _GEOMETRIC + (nd.Normal,)):
             raise StrategyError(
@@ -255,7 +259,9 @@ class MVD(_Base):
             c = jnp.where(x > 0, 1.0, -1.0) * zero_valued(d.probs)
             return x, c, (1 - x)[None].astype(x.dtype), -c[None]
         if isinstance(d, nd.CategoricalProbs | nd.CategoricalLogits):  # Σ_j k(j) · π_j'
-            return x, None, jnp.arange(d.probs.shape[-1], dtype=x.dtype), zero_valued(d.probs)
+            k = d.probs.shape[-1]
+            values = jnp.broadcast_to(jnp.arange(k, dtype=x.dtype).reshape((k,) + (1,) * x.ndim), (k, *x.shape))
+            return x, None, values, jnp.moveaxis(jnp.broadcast_to(zero_valued(d.probs), (*x.shape, k)), -1, 0)
         if isinstance(d, nd.Poisson):  # (k(x + 1) − k(x)) · λ'
             c = zero_valued(d.rate)
             return x, -c, (x + 1)[None], c[None]
@@ -268,13 +274,15 @@ class MVD(_Base):
 def _normal_coupling(key, d):
     """Weak derivatives of N(μ, σ): ``∂μ = (N⁺ − N⁻)/(σ√(2π))`` with ``N^± = μ ± σ·Rayleigh(1)``, and
     ``∂σ = (DSMaxwell − N(0, 1))/σ`` scaled and shifted; values and zero-valued coefficients."""
-    n = jax.random.normal(key, (6,))
+    batch = tuple(d.batch_shape)
+    n = jax.random.normal(key, (6, *batch))
     r = jnp.sqrt(n[0] ** 2 + n[1] ** 2)  # Rayleigh(1)
     m = jnp.sign(n[5]) * jnp.sqrt(n[2] ** 2 + n[3] ** 2 + n[4] ** 2)  # double-sided Maxwell
-    mu, sigma = sg(d.loc), sg(d.scale)
+    loc, scale = jnp.broadcast_to(d.loc, batch), jnp.broadcast_to(d.scale, batch)
+    mu, sigma = sg(loc), sg(scale)
     values = jnp.stack([mu + sigma * r, mu - sigma * r, mu + sigma * m, mu + sigma * n[5]])
-    cm = zero_valued(d.loc) / (sigma * jnp.sqrt(2 * jnp.pi))
-    cs = zero_valued(d.scale) / sigma
+    cm = zero_valued(loc) / (sigma * jnp.sqrt(2 * jnp.pi))
+    cs = zero_valued(scale) / sigma
     return values, jnp.stack([cm, -cm, cs, -cs])
 
 
@@ -301,11 +309,11 @@ class LeaveOneOut(_Base):
     def __call__(self, n: int) -> LeaveOneOut:
         return LeaveOneOut(n)
 
-    def check(self, d, addr):
-        if d.batch_shape != ():
+    def check(self, d, addr, lanes=False):
+        if d.batch_shape != () and not lanes:
             raise StrategyError(
-                f"leave_one_out at {addr!r}: batch shape {d.batch_shape}; map one scalar site over the components "
-                "instead (jax.vmap or ppl.vmap), or use reinforce"
+                f"leave_one_out at {addr!r}: batch shape {d.batch_shape}; declare the components independent with "
+                "ppl.plate, map one scalar site over them (jax.vmap or ppl.vmap), or use reinforce"
             )
 
     def jvp_estimate(self, key, d, k):
@@ -318,8 +326,8 @@ class LeaveOneOut(_Base):
     def couple(self, key, d):
         # (1/n) Σ_j (F_j − mean_{i≠j} F_i) s_j  =  Σ_j F_j · (n·s_j − Σ_i s_i) / (n(n−1))
         xs = sg(d.sample(key, (self.n,)))
-        s = zero_valued(jax.vmap(lambda x: _sum_log_prob(d, x))(xs))
-        c = (self.n * s - jnp.sum(s)) / (self.n * (self.n - 1))
+        s = zero_valued(jax.vmap(lambda x: log_prob(d, x))(xs))  # (n, *batch): per component
+        c = (self.n * s - jnp.sum(s, axis=0)) / (self.n * (self.n - 1))
         return xs[0], c[0], xs[1:], c[1:]
 
     def __repr__(self):

@@ -71,7 +71,6 @@ Sharp edges:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -84,6 +83,7 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.primitives import Messenger
 
 from ..core import distributions as _dists
+from ..core.distributions import Subsample
 from ..core.interpreter import PPLError
 from ..core.primitives import factor as ppl_factor
 from ..core.primitives import sample as ppl_sample
@@ -93,33 +93,6 @@ __all__ = ["from_numpyro", "NumPyroGenFn", "Subsample"]
 
 
 # ---------------------------------------------------------------------------------------------- subsample indices
-
-
-class Subsample(nd.Distribution):
-    """``subsample_size`` distinct indices of ``range(size)`` drawn uniformly, with log density 0.
-
-    The distribution of a subsampled ``numpyro.plate``'s indices. Its density is left out (taken as 0), as NumPyro's
-    ``log_density`` leaves plates out: it is a constant that cancels between a guide and a model sharing the plate.
-    """
-
-    pytree_aux_fields = ("size", "subsample_size")
-    arg_constraints: dict[str, Any] = {}
-    support = constraints.nonnegative_integer
-
-    def __init__(self, size: int, subsample_size: int):
-        self.size, self.subsample_size = int(size), int(subsample_size)
-        super().__init__(batch_shape=(), event_shape=(self.subsample_size,))
-
-    def sample(self, key: Any, sample_shape: tuple[int, ...] = ()) -> jax.Array:
-        def one(k):
-            return jax.random.choice(k, self.size, (self.subsample_size,), replace=False)
-
-        n = math.prod(sample_shape)
-        out = jax.vmap(one)(jax.random.split(key, n))
-        return out.reshape((*sample_shape, self.subsample_size))
-
-    def log_prob(self, value: Any) -> jax.Array:
-        return jnp.zeros(jnp.shape(value)[:-1])
 
 
 # ---------------------------------------------------------------------------------------------- the handler

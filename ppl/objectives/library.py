@@ -33,7 +33,9 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
+from ..core.distributions import Subsample
 from ..core.interpreter import PPLError
+from ..core.primitives import bind_sample
 from ..core.lanes import vmap
 from ..core.strategy import Strategy, StrategyError, sg, zero_valued
 from ..gradients.strategies import ImplicitReparam, Reinforce, Reparam, default_strategy, detach, reinforce
@@ -70,10 +72,19 @@ def _joint(z: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
     return {**z, **data}
 
 
-def _score(model: Any, z: Mapping[str, Any], data: Mapping[str, Any], *args: Any) -> Any:
+def _subsamples(model: Any, z: Mapping[str, Any], data: Mapping[str, Any], args: tuple[Any, ...]) -> dict[str, Any]:
+    """``z`` plus the indices of the model's subsampled plates that neither the guide nor the data provide, drawn
+    here (uniform, no parameters: an unbiased estimate of the full-data objective)."""
+    if not isinstance(model, GenFn):
+        return dict(z)
+    extra = {a: d for a, d, _ in sites(model, *args) if isinstance(d, Subsample) and a not in z and a not in data}
+    return {**z, **{a: bind_sample(a, d, None, ()) for a, d in extra.items()}}
+
+
+def _score(model: Any, z: Mapping[str, Any], data: Mapping[str, Any], *args: Any, cost: float = 0.0) -> Any:
     """``log p(z, data)``: ``density`` with an error that says which choices the guide and the data provide."""
     try:
-        return density(model, _joint(z, data), *args)
+        return density(model, _joint(z, data), *args, cost=cost)
     except PPLError as e:
         if "missing choice(s)" not in str(e) and "not used by the program" not in str(e):
             raise
@@ -108,7 +119,7 @@ def _log_weights(model, guide, data, model_args, guide_args, K):
 
     def particle():
         z, log_q = sim(guide, *guide_args)
-        return _score(model, z, data, *model_args) - log_q
+        return _score(model, _subsamples(model, z, data, model_args), data, *model_args) - log_q
 
     return vmap(particle, axis_size=K)()
 
@@ -126,8 +137,12 @@ def elbo(
     @expectation
     def elbo(model_args, guide_args, obs=None):
         d, margs, gargs = _resolve(data, obs, model_args, guide_args, guide_inputs)
-        z, log_q = sim(guide, *gargs)
-        return _score(model, z, d, *margs) - log_q
+        if not isinstance(guide, GenFn) and hasattr(guide, "_sim"):  # an estimated density: one term
+            z, log_q = sim(guide, *gargs)
+            return _score(model, z, d, *margs) - log_q
+        z, _ = sim(guide, *gargs, cost=-1.0)  # every site's log density is a term (per lane in a plate)
+        _score(model, _subsamples(model, z, d, margs), d, *margs, cost=1.0)
+        return jnp.zeros(())
 
     return _declare(elbo, strategies)
 

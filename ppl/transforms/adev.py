@@ -37,8 +37,8 @@ Sharp edges:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jax
@@ -58,6 +58,7 @@ from ..core.interpreter import (
     scan_rule,
     zero,
 )
+from ..core.plates import plated_sites, site_plate
 from ..core.primitives import Site, cost_p, factor_p, map_p, sample_p
 from ..core.staging import Staged
 from ..core.strategy import sg, weighted
@@ -71,7 +72,9 @@ def _adev_sample(interp, state, eqn, invals):
     key, state = state.next_key()
     d = site.dist()
     s = site.strategy() or default_strategy(d)
-    s.check(d, site.addr)
+    if s.multi_call and site.plates and not interp.value_only:
+        raise _plated_error(interp, site, "is inside a lax.scan body, a cond branch or a map lane")
+    s.check(d, site.addr, lanes=bool(site.plates))
     dtype = eqn.outvars[0].aval.dtype
     if s.multi_call:  # in a map lane or a loop body: sample, and ask the enclosing map / loop for the correction
         x, c0, values, coeffs = s.couple(key, d)
@@ -84,17 +87,97 @@ def _adev_sample(interp, state, eqn, invals):
         return [x], state
     x, score = s.sample(key, d)
     score = jnp.asarray(score, zero().dtype)
-    return [x], state.add("S", score).add("acc", jnp.asarray(s.cost(score), zero().dtype))
+    total = jnp.sum(score)
+    state = state.add("acc", jnp.asarray(s.cost(total), zero().dtype))
+    if interp.plated.get(eqn, "") is None:  # its score multiplies only its own lane's terms
+        return [x], state.add(_S + site.plates[0].name, site.plates[0].per_lane(score))
+    return [x], state.add("S", total)
 
 
 def _adev_sample_cps(interp, state, eqn, invals, k):
     site = Site.of(invals, **eqn.params)
     key, state = state.next_key()
     d, s = site.dist(), site.strategy()
-    s.check(d, site.addr)
     dtype = eqn.outvars[0].aval.dtype
     acc, rest = state.carry["acc"], replace(state, carry={**state.carry, "acc": zero()})
+    if site.plates:
+        return acc + _plated_estimate(interp, eqn, site, key, d, s, rest, k)
+    s.check(d, site.addr)
     return acc + s.jvp_estimate(key, d, lambda x: k([jnp.asarray(x, dtype)], rest))
+
+
+def _plated_estimate(interp, eqn, site, key, d, s, rest, k):
+    """A multi-call strategy at a plated site: parallel over lanes. The rest of the program runs once per value
+    ``v`` with *every* lane set to its ``v``, collecting the plate's per-lane terms ``C_v`` (each lane's term
+    conditioned on its own lane); lane ``i`` combines ``C_v[i]`` over ``v`` — valid because nothing the site
+    reaches leaves its lane (checked by :func:`ppl.core.plates.plated_sites`): ``|values|`` runs for all ``N``
+    lanes. ``enum`` weighs the runs by ``p_i(v)`` (exact: the runs carry derivatives); the other strategies add
+    their coupling's correction to the run at the sampled value."""
+    plate = site.plates[0]
+    reason = interp.plated.get(eqn, "is not at the top level of the expectation (inside a jit, cond or loop)")
+    if reason is not None:
+        raise _plated_error(interp, site, reason if reason.startswith("is ") else f"reaches {reason}")
+    if interp.collect not in (None, plate.name):
+        raise _plated_error(interp, site, f"comes after a multi-call site of plate {interp.collect!r}")
+    if len(site.plates) > 1 or tuple(d.batch_shape) != (plate.lanes,):
+        raise PPLError(
+            f"{s!r} at plated site {site.addr!r} ({plate!r}): its batch shape is {tuple(d.batch_shape)}; a multi-call "
+            f"strategy in a plate needs one value per lane, batch shape ({plate.lanes},) (one plate, no other batch "
+            "dimensions). Use .to_event() for the others, or reinforce"
+        )
+    s.check(d, site.addr, lanes=True)
+    dtype = site_dtype(eqn)
+    collect = replace(interp, collect=plate.name)
+    start = rest if interp.collect else replace(rest, carry={**rest.carry, _C + plate.name: zero_lanes(plate)})
+
+    def run_at(v, how=collect):
+        return k([jnp.asarray(v, dtype)], start, how)  # (per-lane terms, everything else)
+
+    exact = s.exact(d)
+    if exact is not None:  # Σ_v p_i(v) · C_v[i], the runs with their derivatives
+        values, weights = exact
+        terms, others = jax.vmap(run_at)(values)
+        lanes, other = jnp.sum(weights * terms, axis=0), others[0]
+    else:
+        x, c0, values, coeffs = s.couple(key, d)
+        if c0 is not None:
+            values, coeffs = jnp.concatenate([jnp.asarray(x)[None], values]), jnp.concatenate([c0[None], coeffs])
+        lanes, other = run_at(x)
+        terms, _ = jax.vmap(lambda v: run_at(v, replace(collect, value_only=True)))(values)
+        lanes = lanes + jnp.sum(coeffs * sg(terms), axis=0)
+    return (lanes, other) if interp.collect else other + jnp.sum(lanes)
+
+
+def zero_lanes(plate):
+    return jnp.zeros(plate.lanes, zero().dtype)
+
+
+def site_dtype(eqn):
+    return eqn.outvars[0].aval.dtype
+
+
+def _plated_error(interp, site, where):
+    plate = site.plates[0]
+    return PPLError(
+        f"{site.strategy()!r} at site {site.addr!r} in {plate!r}: the site {where}, so its lanes are not independent "
+        "there and per-lane enumeration would be biased. Keep what a plated choice reaches inside its plate (ppl.elbo "
+        "does: each site's log density is a per-lane term; in your own objective use ppl.sim/ppl.density with cost= "
+        "or ppl.add_cost inside the plate), or use reinforce at this site"
+    )
+
+
+_S, _C = "S@", "C@"  # carry entries: a plate's per-lane scores; a re-run's per-lane terms
+
+
+def _score(state, plate=None):
+    """The score that multiplies a term of ``plate``'s lane (a ``(lanes,)`` vector) or, for ``None``, a term outside
+    every plate: the scores outside plates, of other plates' lanes (all), and of the term's own lane."""
+    s = state.carry["S"]
+    for name, v in state.carry.items():
+        if name.startswith(_S) and (plate is None or name != _S + plate.name):
+            s = s + jnp.sum(v)
+    own = None if plate is None else state.carry.get(_S + plate.name)
+    return s if own is None else s + own
 
 
 def _block_cps(rule):
@@ -139,7 +222,11 @@ def _block_cps(rule):
 
 
 def _adev_cost(interp, state, eqn, invals):
-    return [], state.add("acc", weighted(invals[0], state.carry["S"]))
+    plate = eqn.params.get("plate")
+    term = weighted(invals[0], _score(state, plate))
+    if plate is not None and interp.collect == plate.name:
+        return [], state.add(_C + plate.name, term)
+    return [], state.add("acc", jnp.sum(term))
 
 
 def _factor_in_expectation(interp, state, eqn, invals):
@@ -175,8 +262,9 @@ class ADEV(Interpretation):
     replace_site: Any = None
     replace_index: Any = None
     replace_value: Any = None
+    plated: Mapping[Any, str | None] = field(default_factory=dict, hash=False, compare=False)
+    collect: str | None = None  # a re-run that returns this plate's per-lane terms
     name = "adev"
-    inherited = frozenset({"S"})  # a lane's costs are weighted by the scores before the map and its own
     rules = RuleTable(
         {sample_p: _adev_sample, factor_p: _factor_in_expectation, cost_p: _adev_cost, **control_flow_rules()}
     )
@@ -188,6 +276,9 @@ class ADEV(Interpretation):
             map_p: _block_cps(map_rule),
         }
     )
+
+    def inherits(self, name):  # a lane's costs are weighted by the scores before the map and its own
+        return name == "S" or name.startswith(_S)
 
     def wants_continuation(self, eqn):
         return not self.value_only and self.cps_rules.get(eqn.primitive) is not None and _eqn_multi_call(eqn)
@@ -203,7 +294,10 @@ class ADEV(Interpretation):
 
 
 def _finish(outs, state, interp=None):
-    return state.carry["acc"] + weighted(outs[0], state.carry["S"])
+    other = state.carry["acc"] + weighted(outs[0], _score(state))
+    if interp is not None and interp.collect is not None:  # a plated site's run: its plate's terms apart
+        return state.carry[_C + interp.collect], other
+    return other
 
 
 # ---------------------------------------------------------------------------------------------- expectations
@@ -238,8 +332,10 @@ class Expectation:
                 f"expectation {self.__name__!r} must return one scalar; it returns {out_tree} with shapes "
                 f"{[a.shape for a in out]}"
             )
-        state = State(key=key, carry={"S": zero(), "acc": zero()})
-        return run(ADEV(), jaxpr, dyn, state, cont=_finish)
+        plated = plated_sites(jaxpr.jaxpr)
+        lanes = {_S + site_plate(e).name: jnp.zeros(site_plate(e).lanes) for e, r in plated.items() if r is None}
+        state = State(key=key, carry={"S": zero(), "acc": zero(), **lanes})
+        return run(ADEV(plated=plated), jaxpr, dyn, state, cont=_finish)
 
     def estimate(self, key: Any, *args: Any) -> jax.Array:
         """An unbiased estimate of ``E[f](args)``."""

@@ -40,7 +40,7 @@ def _set_strategy(interp, state, eqn, invals):
     if new is None:
         return [sample_p.bind(*invals, **eqn.params)], state
     sleaves, stree = jax.tree_util.tree_flatten(new)
-    x = sample_p.bind(*site.dist_leaves, *sleaves, addr=site.addr, dist=site.spec, strategy=StrategySpec(stree))
+    x = sample_p.bind(*site.dist_leaves, *sleaves, **{**eqn.params, "strategy": StrategySpec(stree)})
     return [x], state
 
 

@@ -96,16 +96,24 @@ def _tracing_sample(interp, state, eqn, invals):
         else:
             x = sample_p.bind(*invals, **eqn.params)
         lp = site.log_prob(x)
+    if interp.cost:  # the site's log density, as a term of the enclosing expectation (per lane in a plate)
+        if site.plates:
+            cost_p.bind(interp.cost * site.lane_log_prob(x), plate=site.plates[0])
+        else:
+            cost_p.bind(interp.cost * lp, plate=None)
     return [x], state.add("score", lp).record(site.addr, x)
 
 
 def _tracing_factor(interp, state, eqn, invals):
-    return [], state.add("score", invals[0]).add("weight", invals[0])
+    if interp.cost:
+        cost_p.bind(interp.cost * invals[0], **eqn.params)
+    w = jnp.sum(invals[0])
+    return [], state.add("score", w).add("weight", w)
 
 
 def _tracing_cost(interp, state, eqn, invals):
-    if not interp.draw:
-        cost_p.bind(*invals)
+    if interp.rewrites:
+        cost_p.bind(*invals, **eqn.params)
     return [], state
 
 
@@ -116,11 +124,14 @@ class Tracing(Interpretation):
     ``constraints`` are read and their log density added to the weight; ``fixed`` choices are read but not weighted;
     the other sites are drawn with the key (``draw=True``: simulate/generate) or stay random choices of the
     enclosing program (``draw=False``: ``sim`` inside an expectation, where ADEV gives them their strategies).
+    ``cost``: ``sim``/``density`` with ``cost=`` also add each site's log density to the expectation as a term
+    (one per lane inside a plate), so the estimator conditions each term on the choices it depends on.
     """
 
     constraints: Mapping[str, Any] = field(default_factory=dict)
     fixed: Mapping[str, Any] = field(default_factory=dict)
     draw: bool = True
+    cost: float = 0.0  # ≠ 0: also add cost·(each site's log density) to the enclosing expectation (sim/density)
     name = "simulate/assess/generate"
     records = True
     rules = RuleTable(
@@ -129,7 +140,7 @@ class Tracing(Interpretation):
 
     @property
     def rewrites(self) -> bool:  # type: ignore[override]
-        return not self.draw
+        return not self.draw or bool(self.cost)
 
     def loop_data(self, addrs):
         return tuple({a: v for a, v in m.items() if a in addrs} for m in (self.constraints, self.fixed))
@@ -283,16 +294,22 @@ def _as_genfn(q: Any, who: str) -> GenFn:
     raise TypeError(f"ppl.{who}: expected a generative function (@ppl.gen), got {type(q).__name__}")
 
 
-def sim(q: Any, *args: Any) -> tuple[dict[str, Any], Any]:
+def sim(q: Any, *args: Any, cost: float = 0.0) -> tuple[dict[str, Any], Any]:
     """Inside an expectation: run family ``q`` with its strategies; ``(choices, log q(choices))``.
 
     The sites of ``q`` stay random choices of the expectation (ADEV estimates through them with their strategies).
     A family with an estimated density (``ppl.marginal``) returns an unbiased estimate of the reciprocal density.
+
+    ``cost=c`` (a float) also adds ``c · log q`` to the expectation's value, one term per site (per lane inside a
+    ``ppl.plate``) placed right after the site: each term is then multiplied only by the scores of the choices
+    before it in its lane — lower variance than returning the same number. Do not also return ``log q``.
     """
     q = _as_genfn(q, "sim")
     if hasattr(q, "_sim"):
+        if cost:
+            raise PPLError(f"ppl.sim(..., cost={cost}): {q!r} has an estimated density, with no per-site terms")
         return q._sim(*args)
-    return record(q, args)[0:2]
+    return record(q, args, cost=cost)[0:2]
 
 
 def record(
@@ -300,13 +317,14 @@ def record(
     args: tuple[Any, ...],
     constraints: Mapping[str, Any] | None = None,
     fixed: Mapping[str, Any] | None = None,
+    cost: float = 0.0,
 ) -> tuple[dict[str, Any], Any, Any, Any]:
     """Stage ``q`` into the enclosing program with its unconstrained sites kept as random choices.
 
     Returns ``(choices, score, weight, retval)``: the building block of ``sim`` and of estimated-density families.
     """
     jaxpr, out_tree, dyn = q.staged.stage(args)
-    interp = Tracing(dict(constraints or {}), dict(fixed or {}), draw=False)
+    interp = Tracing(dict(constraints or {}), dict(fixed or {}), draw=False, cost=float(cost))
     outs, st = run(interp, jaxpr, dyn, _initial(None))
     return st.choices, st.carry["score"], st.carry["weight"], jax.tree_util.tree_unflatten(out_tree, outs)
 
@@ -330,13 +348,21 @@ def sites(q: GenFn, *args: Any) -> list[tuple[str, Any, Any]]:
     return out
 
 
-def density(p: Any, choices: Mapping[str, Any], *args: Any) -> Any:
+def density(p: Any, choices: Mapping[str, Any], *args: Any, cost: float = 0.0) -> Any:
     """Inside an expectation (or anywhere): ``log p(choices)``, a deterministic differentiable function.
 
     Choices not sampled by ``p`` are an error, as in ``assess``; for the usual ``{**z, **data}`` pattern pass only
-    the addresses ``p`` samples.
+    the addresses ``p`` samples. ``cost=c``: inside an expectation, also add ``c · log p`` as one term per site (per
+    lane inside a ``ppl.plate``), as :func:`sim` does; do not also return it.
     """
     p = _as_genfn(p, "density")
     if hasattr(p, "_density"):
+        if cost:
+            raise PPLError(f"ppl.density(..., cost={cost}): {p!r} has an estimated density, with no per-site terms")
         return p._density(choices, *args)
-    return p.assess(choices, *args)[0]
+    if not cost:
+        return p.assess(choices, *args)[0]
+    jaxpr, _, dyn = p.staged.stage(args)
+    _check_constraints(jaxpr, dict(choices), f"{p.__name__}.density", require_all=True)
+    _, st = run(Tracing(dict(choices), cost=float(cost)), jaxpr, dyn, _initial(None))
+    return st.carry["score"]
