@@ -34,15 +34,32 @@ from typing import Any
 import numpy as np
 
 
-def train(objective: Any, args: tuple[Any, ...], *, steps: int, key: Any, lr: float = 0.05,
-          num_particles: int = 1, progress: bool = False, trainable: Any = None) -> Any:
+def train(
+    objective: Any,
+    args: tuple[Any, ...],
+    *,
+    steps: int,
+    key: Any,
+    lr: float = 0.05,
+    num_particles: int = 1,
+    progress: bool = False,
+    trainable: Any = None,
+) -> Any:
     """Maximize ``objective`` from ``args`` with Adam (``ppl.fit``): the :class:`~ppl.FitResult`."""
     import optax
 
     from ppl.workflow import fit
 
-    return fit(objective, args, optimizer=optax.adam(lr), num_steps=steps, key=key, num_particles=num_particles,
-               progress=progress, trainable=trainable)
+    return fit(
+        objective,
+        args,
+        optimizer=optax.adam(lr),
+        num_steps=steps,
+        key=key,
+        num_particles=num_particles,
+        progress=progress,
+        trainable=trainable,
+    )
 
 
 def _located(e: Exception, prog: Any) -> Exception:
@@ -124,8 +141,9 @@ def cmd_fit(ns: argparse.Namespace) -> int:
     objectives = prog.objectives
     if ns.objective is None:
         if len(objectives) != 1:
-            raise UsageError(f"{ns.file} defines {len(objectives)} objectives {objectives}: choose one with "
-                             "--objective NAME")
+            raise UsageError(
+                f"{ns.file} defines {len(objectives)} objectives {objectives}: choose one with --objective NAME"
+            )
         name = objectives[0]
     elif ns.objective not in objectives:
         raise UsageError(f"{ns.file} has no objective {ns.objective!r}; its objectives are {objectives}")
@@ -139,12 +157,22 @@ def cmd_fit(ns: argparse.Namespace) -> int:
         known = set(jax.tree_util.tree_leaves(names))
         known |= {n.split(".")[0] for n in known}
         for f in sorted(frozen - known):
-            raise UsageError(f"--freeze {f!r}: objective {name!r} has no parameter or function {f!r}"
-                             f"{did_you_mean(f, known)}; its parameters are {sorted(n for n in known if '.' in n)}")
+            raise UsageError(
+                f"--freeze {f!r}: objective {name!r} has no parameter or function {f!r}"
+                f"{did_you_mean(f, known)}; its parameters are {sorted(n for n in known if '.' in n)}"
+            )
         trainable = jax.tree_util.tree_map(lambda n: not (n in frozen or n.split(".")[0] in frozen), names)
     try:
-        res = train(prog[name], args, steps=ns.steps, key=jax.random.key(ns.seed), lr=ns.lr,
-                    num_particles=ns.particles, progress=ns.progress, trainable=trainable)
+        res = train(
+            prog[name],
+            args,
+            steps=ns.steps,
+            key=jax.random.key(ns.seed),
+            lr=ns.lr,
+            num_particles=ns.particles,
+            progress=ns.progress,
+            trainable=trainable,
+        )
     except (ValueError, TypeError) as e:  # StrategyError, PPLError, fit's own checks: located, no traceback
         if isinstance(e, LangError):
             raise
@@ -152,22 +180,36 @@ def cmd_fit(ns: argparse.Namespace) -> int:
     trained, values, skipped = res.args, np.asarray(res.values), int(res.num_skipped)
     flat_names = jax.tree_util.tree_leaves(names)
     flat_values = jax.tree_util.tree_structure(names).flatten_up_to(trained)
-    flat_train = jax.tree_util.tree_structure(names).flatten_up_to(trainable if trainable is not None else
-                                                                  jax.tree_util.tree_map(lambda _: True, names))
-    fixed = [not (t and any(_is_float_array(x) for x in jax.tree_util.tree_leaves(v)))
-             for v, t in zip(jax.tree_util.tree_structure(names).flatten_up_to(args), flat_train, strict=True)]
+    flat_train = jax.tree_util.tree_structure(names).flatten_up_to(
+        trainable if trainable is not None else jax.tree_util.tree_map(lambda _: True, names)
+    )
+    fixed = [
+        not (t and any(_is_float_array(x) for x in jax.tree_util.tree_leaves(v)))
+        for v, t in zip(jax.tree_util.tree_structure(names).flatten_up_to(args), flat_train, strict=True)
+    ]
     window = max(1, min(len(values) // 10, 100))
     first = float(np.nanmean(values[:window])) if len(values) else float("nan")
     last = float(np.nanmean(values[-window:])) if len(values) else float("nan")
     too_many = ns.steps > 0 and skipped > ns.max_skipped * ns.steps
     if ns.json:
-        print(json.dumps({"objective": name, "steps": ns.steps, "value_first": first, "value_last": last,
-                          "skipped": skipped,
-                          "params": {n: _jsonable(v) for n, v in zip(flat_names, flat_values, strict=True)},
-                          "fixed": [n for n, f in zip(flat_names, fixed, strict=True) if f]}))
+        print(
+            json.dumps(
+                {
+                    "objective": name,
+                    "steps": ns.steps,
+                    "value_first": first,
+                    "value_last": last,
+                    "skipped": skipped,
+                    "params": {n: _jsonable(v) for n, v in zip(flat_names, flat_values, strict=True)},
+                    "fixed": [n for n, f in zip(flat_names, fixed, strict=True) if f],
+                }
+            )
+        )
     else:
-        print(f"{os.path.basename(ns.file)}: objective {name!r}, {ns.steps} steps of Adam (lr {ns.lr:g}), "
-              f"{ns.particles} particle(s), data {sorted(data)}")
+        print(
+            f"{os.path.basename(ns.file)}: objective {name!r}, {ns.steps} steps of Adam (lr {ns.lr:g}), "
+            f"{ns.particles} particle(s), data {sorted(data)}"
+        )
         print(f"objective (mean of {window} steps): first {first:.6g}, last {last:.6g}")
         print(f"skipped {skipped} of {ns.steps} steps as non-finite")
         print("parameters:")
@@ -175,9 +217,12 @@ def cmd_fit(ns: argparse.Namespace) -> int:
         for n, v, f in zip(flat_names, flat_values, fixed, strict=True):
             print(f"  {n:<{width}} = {_format(v)}{'  (fixed)' if f else ''}")
     if too_many:
-        print(f"{ns.file}: error: {skipped} of {ns.steps} steps ({skipped / ns.steps:.0%}) were skipped as "
-              f"non-finite (more than --max-skipped {ns.max_skipped:g}): the result is not trustworthy; lower --lr or "
-              "check the program", file=sys.stderr)
+        print(
+            f"{ns.file}: error: {skipped} of {ns.steps} steps ({skipped / ns.steps:.0%}) were skipped as "
+            f"non-finite (more than --max-skipped {ns.max_skipped:g}): the result is not trustworthy; lower --lr or "
+            "check the program",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -204,12 +249,27 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
     f.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     f.add_argument("--particles", type=int, default=1, help="gradient estimates averaged per step (default 1)")
-    f.add_argument("--set", action="append", default=[], metavar="FN.PARAM=VALUE",
-                   help="initial value of a parameter (JSON); repeatable")
-    f.add_argument("--freeze", action="append", default=[], metavar="NAME",
-                   help="keep a function's parameters (or one FN.PARAM) fixed; repeatable")
-    f.add_argument("--max-skipped", type=float, default=0.1, metavar="FRACTION",
-                   help="fail (exit 1) when more than this fraction of steps is skipped as non-finite (default 0.1)")
+    f.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FN.PARAM=VALUE",
+        help="initial value of a parameter (JSON); repeatable",
+    )
+    f.add_argument(
+        "--freeze",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="keep a function's parameters (or one FN.PARAM) fixed; repeatable",
+    )
+    f.add_argument(
+        "--max-skipped",
+        type=float,
+        default=0.1,
+        metavar="FRACTION",
+        help="fail (exit 1) when more than this fraction of steps is skipped as non-finite (default 0.1)",
+    )
     f.add_argument("--json", action="store_true", help="print the result as one JSON object")
     f.add_argument("--progress", action="store_true", help="show a progress bar")
     f.set_defaults(run=cmd_fit)

@@ -339,9 +339,9 @@ def scan_rule(interp, state, eqn, invals):
 def map_rule(interp, state, eqn, invals):
     """A map (``map_p``): interpret the lane body for one lane, then map the interpreted lane.
 
-    Lane ``i`` gets the block key folded with ``i``; its accumulators start at zero (those the interpretation lists
-    in :meth:`Interpretation.inherits` start at the current value) and their increments are summed over lanes; its choices get the
-    lane axis in front. A ``cond`` in the lane is interpreted per lane before ``jax.vmap`` sees it.
+    Lane ``i`` gets the block key folded with ``i``; its accumulators start at zero (those for which
+    :meth:`Interpretation.inherits` holds start at the current value) and their increments are summed over lanes;
+    its choices get the lane axis in front. A ``cond`` in the lane is interpreted per lane before ``jax.vmap`` sees it.
     """
     return map_lanes_rule(interp, state, eqn, invals)[:2]
 

@@ -44,8 +44,8 @@ import jax.numpy as jnp
 from .._jax_internals import Jaxpr, Literal, subjaxprs
 from .distributions import Subsample
 from .primitives import (
-    PPLError,
     PlateSpec,
+    PPLError,
     _prefix,
     _push_plate,
     active_plates,

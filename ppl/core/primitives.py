@@ -195,6 +195,7 @@ def contains_ppl(jaxpr: Jaxpr) -> bool:
     """Does ``jaxpr`` (or a jaxpr nested in it) bind a ``ppl`` primitive?"""
     return any(e.primitive in PPL_PRIMITIVES or any(map(contains_ppl, subjaxprs(e))) for e in jaxpr.eqns)
 
+
 # ---------------------------------------------------------------------------------------------- plates
 
 

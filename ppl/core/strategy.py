@@ -17,7 +17,8 @@ small immutable value (a pytree: a baseline may be a traced array) with
   unbiased estimates ``F(v)`` of the rest of the program given the choice ``v`` (taken as constants), estimates
   ``Σ_v ∂θ p(v; θ) · E[rest | v]`` without bias (``c0`` and ``coeffs`` are zero-valued surrogates; ``c0`` may be
   ``None``). For a batched ``d`` all four are per component (``values``/``coeffs``: ``(m, *batch)``), each
-  component's correction is about that component alone (plates use it). Straight-line sites evaluate ``F`` as the continuation ``k`` (:func:`coupled_estimate`, or the
+  component's correction is about that component alone (plates use it). Straight-line sites evaluate ``F`` as the
+  continuation ``k`` (:func:`coupled_estimate`, or the
   strategy's own ``jvp_estimate``); sites in map lanes and loop bodies re-run the program from the map or loop with
   that one value replaced (``ppl.transforms.adev``);
 * ``unbiased`` (default ``True``; ``detach`` is the one biased strategy);

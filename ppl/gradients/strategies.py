@@ -55,8 +55,10 @@ class _Base(Strategy):
     aux: tuple[str, ...] = ()
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and all(getattr(self, f) is getattr(other, f) for f in self.children) and all(
-            getattr(self, f) == getattr(other, f) for f in self.aux
+        return (
+            type(self) is type(other)
+            and all(getattr(self, f) is getattr(other, f) for f in self.children)
+            and all(getattr(self, f) == getattr(other, f) for f in self.aux)
         )
 
     def __hash__(self) -> int:

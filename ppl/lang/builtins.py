@@ -27,11 +27,29 @@ from ..core.strategy import STRATEGIES, Strategy
 # ---------------------------------------------------------------------------------------------- distributions
 
 _NOT_CONSTRUCTIBLE = {
-    "Distribution", "ExpandedDistribution", "Independent", "MaskedDistribution", "TransformedDistribution",
-    "FoldedDistribution", "ImproperUniform", "Unit", "Mixture", "MixtureGeneral", "MixtureSameFamily",
-    "ZeroInflatedDistribution", "HurdleDistribution", "LeftTruncatedDistribution", "RightTruncatedDistribution",
-    "TwoSidedTruncatedDistribution", "TruncatedDistribution", "LeftCensoredDistribution",
-    "RightCensoredDistribution", "IntervalCensoredDistribution", "EulerMaruyama", "GaussianCopula", "SineSkewed",
+    "Distribution",
+    "ExpandedDistribution",
+    "Independent",
+    "MaskedDistribution",
+    "TransformedDistribution",
+    "FoldedDistribution",
+    "ImproperUniform",
+    "Unit",
+    "Mixture",
+    "MixtureGeneral",
+    "MixtureSameFamily",
+    "ZeroInflatedDistribution",
+    "HurdleDistribution",
+    "LeftTruncatedDistribution",
+    "RightTruncatedDistribution",
+    "TwoSidedTruncatedDistribution",
+    "TruncatedDistribution",
+    "LeftCensoredDistribution",
+    "RightCensoredDistribution",
+    "IntervalCensoredDistribution",
+    "EulerMaruyama",
+    "GaussianCopula",
+    "SineSkewed",
 }
 
 

@@ -46,8 +46,7 @@ def _static_int(v: Any) -> int | None:
         return None
     if isinstance(v, int | np.integer):
         return int(v)
-    if isinstance(v, jax.Array) and not is_tracer(v) and v.shape == () \
-            and jnp.issubdtype(v.dtype, jnp.integer):
+    if isinstance(v, jax.Array) and not is_tracer(v) and v.shape == () and jnp.issubdtype(v.dtype, jnp.integer):
         return int(v)
     return None
 
@@ -60,13 +59,19 @@ def _head(pos: A.Pos, keyword: str) -> A.Pos:
 def _carry(new: Any, init: Any, name: str, pos: A.Pos, fc: FnCompiler) -> Any:
     new = jnp.asarray(new)
     if new.shape != init.shape:
-        raise fc.error(f"loop variable {name!r} changes shape from {init.shape} to {new.shape} in the loop body; "
-                       "a carried name keeps its shape", pos)
+        raise fc.error(
+            f"loop variable {name!r} changes shape from {init.shape} to {new.shape} in the loop body; "
+            "a carried name keeps its shape",
+            pos,
+        )
     if new.dtype != init.dtype:
         same_kind = jnp.issubdtype(new.dtype, jnp.floating) == jnp.issubdtype(init.dtype, jnp.floating)
         if not same_kind:
-            raise fc.error(f"loop variable {name!r} starts as {init.dtype} but the loop assigns {new.dtype}; "
-                           f"initialise it with a value of that type (e.g. 0.0 rather than 0)", pos)
+            raise fc.error(
+                f"loop variable {name!r} starts as {init.dtype} but the loop assigns {new.dtype}; "
+                f"initialise it with a value of that type (e.g. 0.0 rather than 0)",
+                pos,
+            )
         new = new.astype(init.dtype)
     return new
 
@@ -107,8 +112,13 @@ class FnCompiler(ExprCompiler):
     def stmt(self, st: A.Stmt, scope: Scope) -> Run:
         if isinstance(st, A.Return):
             raise self.error("return must be the last statement of the function body", st.pos)
-        method = {A.Sample: self.sample, A.Assign: self.assign, A.ExprStmt: self.expr_stmt, A.For: self.for_,
-                  A.If: self.if_}[type(st)]
+        method = {
+            A.Sample: self.sample,
+            A.Assign: self.assign,
+            A.ExprStmt: self.expr_stmt,
+            A.For: self.for_,
+            A.If: self.if_,
+        }[type(st)]
         return method(st, scope)
 
     # ------------------------------------------------------------------------------------------ targets
@@ -123,20 +133,30 @@ class FnCompiler(ExprCompiler):
         loops = [lp.var for lp in scope.loops()]
         if t.indices:
             if not loops:
-                raise self.error(f"{t.id}[...] outside a for loop: an indexed target is indexed by loop variables",
-                                 t.indices[0].pos)
+                raise self.error(
+                    f"{t.id}[...] outside a for loop: an indexed target is indexed by loop variables", t.indices[0].pos
+                )
             ids = tuple(i.id for i in t.indices)
-            want = tuple(loops) if random else tuple(loops[-len(ids):])
+            want = tuple(loops) if random else tuple(loops[-len(ids) :])
             if ids != want:
                 bad = next((i for i, w in zip(t.indices, want, strict=False) if i.id != w), t.indices[-1])
-                raise self.error(f"{t.id}[{', '.join(ids)}]: index by the enclosing loop variables, innermost last "
-                                 f"(here {t.id}[{', '.join(want)}])", bad.pos)
+                raise self.error(
+                    f"{t.id}[{', '.join(ids)}]: index by the enclosing loop variables, innermost last "
+                    f"(here {t.id}[{', '.join(want)}])",
+                    bad.pos,
+                )
         elif random and loops:
-            raise self.error(f"a random choice inside a for loop records one value per iteration: write "
-                             f"{t.id}[{', '.join(loops)}] ~ ...", t.pos)
+            raise self.error(
+                f"a random choice inside a for loop records one value per iteration: write "
+                f"{t.id}[{', '.join(loops)}] ~ ...",
+                t.pos,
+            )
         elif found and found[0].kind == "stacked":
-            raise self.error(f"{t.id!r} is being built by the loop as {t.id}[{', '.join(found[0].pending)}]; "
-                             "assign that, or use another name", t.pos)
+            raise self.error(
+                f"{t.id!r} is being built by the loop as {t.id}[{', '.join(found[0].pending)}]; "
+                "assign that, or use another name",
+                t.pos,
+            )
 
     @staticmethod
     def bind(t: A.Target, scope: Scope) -> None:
@@ -156,8 +176,9 @@ class FnCompiler(ExprCompiler):
         info = self.ctx.fns.get(fname)
         if info is not None and info.kind in ("model", "guide"):
             if st.strategy is not None:
-                raise self.error("'by' sets the strategy of a distribution; for a model call use a strategies "
-                                 "block", st.strategy.pos)
+                raise self.error(
+                    "'by' sets the strategy of a distribution; for a model call use a strategies block", st.strategy.pos
+                )
             for a in info.addresses:
                 self.add_address(f"{t.id}/{a}", t.pos, via=f" (from {fname} under {t.id!r})")
             code = self.genfn_call(call, scope, info, add=False)
@@ -221,9 +242,11 @@ class FnCompiler(ExprCompiler):
     def for_(self, st: A.For, scope: Scope) -> Run:
         var = st.var.id
         if var in self.ctx.fns or (scope.find(var) and scope.find(var)[0].kind in ("loop", "data")):
-            raise self.error(f"cannot use {var!r} as a loop variable: it is already a "
-                             f"{'name of the program' if var in self.ctx.fns else scope.find(var)[0].kind}",
-                             st.var.pos)
+            raise self.error(
+                f"cannot use {var!r} as a loop variable: it is already a "
+                f"{'name of the program' if var in self.ctx.fns else scope.find(var)[0].kind}",
+                st.var.pos,
+            )
         start = self.expr(st.start, scope) if st.start is not None else None
         stop = self.expr(st.stop, scope)
         loop = Loop(var, frozenset(assigned_names(st.body)), scope)
@@ -245,8 +268,11 @@ class FnCompiler(ExprCompiler):
             lo = _static_int(start(env)) if start is not None else 0
             hi = _static_int(stop(env))
             if lo is None or hi is None:
-                raise self.error("a loop bound must be a static integer (a Python int argument, a literal, or "
-                                 "len(x)); a traced value cannot size a loop", bound_pos)
+                raise self.error(
+                    "a loop bound must be a static integer (a Python int argument, a literal, or "
+                    "len(x)); a traced value cannot size a loop",
+                    bound_pos,
+                )
             n = max(hi - lo, 0)
             init = {c: self.guard(head, f"loop variable {c!r}", lambda c=c: jnp.asarray(env[c])) for c in carries}
             xs = {}
@@ -254,8 +280,10 @@ class FnCompiler(ExprCompiler):
                 v = env[name]
                 if isinstance(v, jax.Array | np.ndarray) and v.ndim >= 1:
                     if v.shape[0] < hi:
-                        raise self.error(f"{name} has length {v.shape[0]} but the loop reads {name}[{var}] up to "
-                                         f"{var} = {hi - 1}", pos)
+                        raise self.error(
+                            f"{name} has length {v.shape[0]} but the loop reads {name}[{var}] up to {var} = {hi - 1}",
+                            pos,
+                        )
                     xs[name] = v[lo:hi]
 
             def step(carry, x):
@@ -269,8 +297,7 @@ class FnCompiler(ExprCompiler):
                 new = {c: _carry(e[c], init[c], c, carry_pos[c], self) for c in carries}
                 return new, {o: e[o] for o in outputs}
 
-            carry, ys = self.guard(head, "for loop", lambda: lax.scan(step, init, (jnp.arange(lo, hi), xs),
-                                                                      length=n))
+            carry, ys = self.guard(head, "for loop", lambda: lax.scan(step, init, (jnp.arange(lo, hi), xs), length=n))
             env.update(carry)
             env.update(ys)
 
@@ -294,8 +321,11 @@ class FnCompiler(ExprCompiler):
                     raise self.error(f"{name!r} is assigned differently in the two branches of this if", ev.pos)
             elif v.kind == "stacked":
                 if not (outer and (outer[0].kind, outer[0].pending) == ("stacked", v.pending)):
-                    raise self.error(f"{name}[{', '.join(v.pending)}] is assigned in only one branch of this if; "
-                                     "assign it in both branches (or before the if)", v.pos)
+                    raise self.error(
+                        f"{name}[{', '.join(v.pending)}] is assigned in only one branch of this if; "
+                        "assign it in both branches (or before the if)",
+                        v.pos,
+                    )
             elif not (outer and outer[0].kind in ("var", "param")):
                 scope.branch_local[name] = v.pos
                 continue
@@ -315,15 +345,17 @@ class FnCompiler(ExprCompiler):
         def run(env: Env) -> None:
             c = cond(env)
             if jnp.shape(c) != ():
-                raise self.error(f"the condition of an if must be a scalar, got shape {jnp.shape(c)} (for an "
-                                 "elementwise choice use where(c, a, b))", st.cond.pos)
+                raise self.error(
+                    f"the condition of an if must be a scalar, got shape {jnp.shape(c)} (for an "
+                    "elementwise choice use where(c, a, b))",
+                    st.cond.pos,
+                )
             fs = [branch(then), branch(orelse)]
             try:
                 res = lax.cond(c, lambda: fs[0](env), lambda: fs[1](env))
             except TypeError:  # the branches disagree: promote dtypes of same-shaped values, or say which name
                 casts = self.unify_branches(fs, env, outs, head)
-                fs = [lambda e, f=f: tuple(jnp.asarray(v, t) for v, t in zip(f(e), casts, strict=True))
-                      for f in fs]
+                fs = [lambda e, f=f: tuple(jnp.asarray(v, t) for v, t in zip(f(e), casts, strict=True)) for f in fs]
                 res = self.guard(head, "if/else", lambda: lax.cond(c, lambda: fs[0](env), lambda: fs[1](env)))
             env.update(zip(outs, res, strict=True))
 
@@ -335,12 +367,20 @@ class FnCompiler(ExprCompiler):
         dtypes = []
         for name, x, y in zip(outs, a, b, strict=True):
             sx, sy = jax.tree_util.tree_structure(x), jax.tree_util.tree_structure(y)
-            shapes = [jnp.shape(v) for v in jax.tree_util.tree_leaves(x)], [jnp.shape(v) for v in
-                                                                           jax.tree_util.tree_leaves(y)]
+            shapes = (
+                [jnp.shape(v) for v in jax.tree_util.tree_leaves(x)],
+                [jnp.shape(v) for v in jax.tree_util.tree_leaves(y)],
+            )
             if sx != sy or shapes[0] != shapes[1] or sx.num_leaves != 1:
-                what = (f"shape {shapes[0][0]} / {shapes[1][0]}" if sx == sy and sx.num_leaves == 1
-                        else f"structure {sx} / {sy}")
-                raise self.error(f"{name!r} differs between the branches of this if ({what}); both branches must "
-                                 "give it the same shape", head)
+                what = (
+                    f"shape {shapes[0][0]} / {shapes[1][0]}"
+                    if sx == sy and sx.num_leaves == 1
+                    else f"structure {sx} / {sy}"
+                )
+                raise self.error(
+                    f"{name!r} differs between the branches of this if ({what}); both branches must "
+                    "give it the same shape",
+                    head,
+                )
             dtypes.append(jnp.result_type(x.dtype, y.dtype))
         return dtypes

@@ -72,8 +72,9 @@ class FnInfo:
     @property
     def signature(self) -> inspect.Signature:
         P = inspect.Parameter
-        return inspect.Signature([P(p.name, P.POSITIONAL_OR_KEYWORD,
-                                    default=(P.empty if p.default is None else None)) for p in self.params])
+        return inspect.Signature(
+            [P(p.name, P.POSITIONAL_OR_KEYWORD, default=(P.empty if p.default is None else None)) for p in self.params]
+        )
 
 
 class _Ctx:
@@ -106,8 +107,11 @@ def _params(ctx: _Ctx, params: tuple[A.Param, ...], owner: str) -> dict[str, Cal
         if p.name in seen:
             raise ctx.error(f"duplicate parameter {p.name!r} of {owner}", p.pos)
         if p.name in ctx.fns or p.name == "data":
-            raise ctx.error(f"parameter {p.name!r} of {owner} shadows "
-                            f"{'the observed data' if p.name == 'data' else 'a ' + ctx.fns[p.name].kind}", p.pos)
+            raise ctx.error(
+                f"parameter {p.name!r} of {owner} shadows "
+                f"{'the observed data' if p.name == 'data' else 'a ' + ctx.fns[p.name].kind}",
+                p.pos,
+            )
         seen.add(p.name)
         if p.default is not None:
             defaults[p.name] = _constant(ctx, p.default, f"default of {p.name}")
@@ -123,7 +127,7 @@ def _bind_args(info: FnInfo, args: tuple[Any, ...]) -> dict[str, Any]:
         want = f"{required}" if required == len(names) else f"{required} to {len(names)}"
         raise TypeError(f"{info.kind} {info.name}({', '.join(names)}) takes {want} argument(s), got {len(args)}")
     env = dict(zip(names, args, strict=False))
-    for n in names[len(args):]:
+    for n in names[len(args) :]:
         env[n] = info.defaults[n]()
     return env
 
@@ -176,12 +180,18 @@ def _compile_objective(ctx: _Ctx, d: A.ObjectiveDef) -> FnInfo:
 def _compile_library(ctx: _Ctx, d: A.ObjectiveLib) -> FnInfo:
     call = d.call
     if not (isinstance(call, A.Call) and isinstance(call.func, A.Name)):
-        raise ctx.error("an objective is 'objective name = elbo(model, guide)' (a library objective) or "
-                        "'objective name(params) { ... }'", call.pos)
+        raise ctx.error(
+            "an objective is 'objective name = elbo(model, guide)' (a library objective) or "
+            "'objective name(params) { ... }'",
+            call.pos,
+        )
     lib = call.func.id
     if lib not in LIBRARY_OBJECTIVES:
-        raise ctx.error(f"unknown library objective {lib!r}{did_you_mean(lib, LIBRARY_OBJECTIVES)}", call.func.pos,
-                        hint="library objectives: " + ", ".join(sorted(LIBRARY_OBJECTIVES)))
+        raise ctx.error(
+            f"unknown library objective {lib!r}{did_you_mean(lib, LIBRARY_OBJECTIVES)}",
+            call.func.pos,
+            hint="library objectives: " + ", ".join(sorted(LIBRARY_OBJECTIVES)),
+        )
     fc = FnCompiler(ctx, "objective", d.name.id)
     sig = library_signature(lib)
     fc.check_arity(call, sig, lib)
@@ -232,13 +242,17 @@ def _strategies(ctx: _Ctx, info: FnInfo, blocks: list[A.StrategiesDef]) -> dict[
     for block in blocks:
         for entry in block.entries:
             if entry.pattern in seen:
-                raise ctx.error(f"strategy for {entry.pattern!r} given twice (first at {seen[entry.pattern]})",
-                                entry.pos)
+                raise ctx.error(
+                    f"strategy for {entry.pattern!r} given twice (first at {seen[entry.pattern]})", entry.pos
+                )
             seen[entry.pattern] = entry.pos
             if not any(fnmatch.fnmatchcase(a, entry.pattern) for a in info.addresses):
                 addrs = sorted(info.addresses)
-                raise ctx.error(f"strategy for unknown address {entry.pattern!r}{did_you_mean(entry.pattern, addrs)}: "
-                                f"{info.kind} {info.name!r} samples {addrs}", entry.pos)
+                raise ctx.error(
+                    f"strategy for unknown address {entry.pattern!r}{did_you_mean(entry.pattern, addrs)}: "
+                    f"{info.kind} {info.name!r} samples {addrs}",
+                    entry.pos,
+                )
             code = FnCompiler(ctx, "constant", "strategy").strategy(entry.strategy, Scope())
             table[entry.pattern] = code({})
     return table
@@ -282,9 +296,13 @@ class Program(dict):
         model = info.lib[1]
         unknown = sorted(set(self.data) - set(model.addresses))
         if unknown:
-            raise LangCompileError(f"observed address(es) {unknown} of the data are not sampled by {model.kind} "
-                                   f"{model.name!r} (its addresses are {sorted(model.addresses)})",
-                                   info.decl.call.pos, self.source, self.filename)
+            raise LangCompileError(
+                f"observed address(es) {unknown} of the data are not sampled by {model.kind} "
+                f"{model.name!r} (its addresses are {sorted(model.addresses)})",
+                info.decl.call.pos,
+                self.source,
+                self.filename,
+            )
 
     def with_data(self, data: Mapping[str, Any] | None) -> Program:
         return Program(self.infos, data, self.source, self.filename)
@@ -302,8 +320,13 @@ class Program(dict):
             elif p.name in info.defaults:
                 v = info.defaults[p.name]()
             else:
-                raise LangCompileError(f"parameter {p.name!r} of {info.name} has no default: give one in the program "
-                                       f"({p.name} = ...) or a value for {key!r}", p.pos, self.source, self.filename)
+                raise LangCompileError(
+                    f"parameter {p.name!r} of {info.name} has no default: give one in the program "
+                    f"({p.name} = ...) or a value for {key!r}",
+                    p.pos,
+                    self.source,
+                    self.filename,
+                )
             out.append(jax.tree_util.tree_map(_trainable, v))
         return tuple(out)
 
@@ -322,8 +345,12 @@ class Program(dict):
             args = self._defaults(info, overrides)
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise LangCompileError(f"unknown parameter(s) {unknown} for objective {name!r}; its parameters are "
-                                   f"{sorted(known)}", None, self.source, self.filename)
+            raise LangCompileError(
+                f"unknown parameter(s) {unknown} for objective {name!r}; its parameters are {sorted(known)}",
+                None,
+                self.source,
+                self.filename,
+            )
         return args
 
     def param_names(self, name: str) -> Any:
@@ -342,8 +369,9 @@ def compile_program(prog: A.Program, data: Mapping[str, Any] | None = None) -> P
     for d in prog.decls:
         if isinstance(d, A.StrategiesDef):
             if d.target.id not in defined:
-                raise ctx.error(f"strategies for unknown function {d.target.id!r}{did_you_mean(d.target.id, defined)}",
-                                d.target.pos)
+                raise ctx.error(
+                    f"strategies for unknown function {d.target.id!r}{did_you_mean(d.target.id, defined)}", d.target.pos
+                )
             blocks.setdefault(d.target.id, []).append(d)
     try:
         for d in prog.decls:

@@ -32,8 +32,14 @@ class LangError(PPLError):
 
     kind = "error"
 
-    def __init__(self, message: str, pos: Pos | None = None, source: str | None = None,
-                 filename: str = "<string>", hint: str = ""):
+    def __init__(
+        self,
+        message: str,
+        pos: Pos | None = None,
+        source: str | None = None,
+        filename: str = "<string>",
+        hint: str = "",
+    ):
         self.message, self.pos, self.source, self.filename, self.hint = message, pos, source, filename, hint
         super().__init__(self._format())
 

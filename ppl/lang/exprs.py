@@ -48,16 +48,29 @@ Code = Callable[[Env], Any]
 # ---------------------------------------------------------------------------------------------- run-time helpers
 
 _BINOPS = {
-    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "//": operator.floordiv,
-    "%": operator.mod, "**": operator.pow, "@": operator.matmul, "==": operator.eq, "!=": operator.ne,
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+    "//": operator.floordiv,
+    "%": operator.mod,
+    "**": operator.pow,
+    "@": operator.matmul,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
 }
 
 
 def _merge(a: Any, b: Any) -> dict[str, Any]:
     if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
-        raise TypeError("'|' merges choice maps (address -> value, as returned by sim or given as data); got "
-                        f"{type(a).__name__} | {type(b).__name__}")
+        raise TypeError(
+            "'|' merges choice maps (address -> value, as returned by sim or given as data); got "
+            f"{type(a).__name__} | {type(b).__name__}"
+        )
     return {**a, **b}
 
 
@@ -88,8 +101,11 @@ class ExprCompiler:
         if addr in self.path:
             first = self.path[addr]
             where = f"first sampled at {first}" if first.line else "already sampled"
-            raise self.error(f"duplicate address {addr!r}{via} ({where}); every random choice of one execution "
-                             "needs its own address", pos)
+            raise self.error(
+                f"duplicate address {addr!r}{via} ({where}); every random choice of one execution "
+                "needs its own address",
+                pos,
+            )
         self.path[addr] = pos
         self.addresses.setdefault(addr, pos)
 
@@ -109,8 +125,11 @@ class ExprCompiler:
             return lambda env: self.guard(e.pos, e.func.id, lambda: f(*args(env), **kw(env)))
         name = e.func if isinstance(e, A.Call) and isinstance(e.func, A.Name) else e
         if isinstance(name, A.Name):
-            raise self.error(f"unknown strategy {name.id!r}{did_you_mean(name.id, STRATEGY_NAMES)}", name.pos,
-                             hint="strategies: " + ", ".join(STRATEGY_NAMES))
+            raise self.error(
+                f"unknown strategy {name.id!r}{did_you_mean(name.id, STRATEGY_NAMES)}",
+                name.pos,
+                hint="strategies: " + ", ".join(STRATEGY_NAMES),
+            )
         raise self.error("a strategy is a name (reinforce, enum, ...) or baseline(b) / leave_one_out(n)", e.pos)
 
     # ------------------------------------------------------------------------------------------ calls
@@ -125,8 +144,10 @@ class ExprCompiler:
             raise self.error(f"wrong arguments for {what}({params}): {err}", call.func.pos) from None
 
     def arguments(self, call: A.Call, scope: Scope) -> tuple[Callable[[Env], list[Any]], Callable[[Env], dict]]:
-        parts = [(isinstance(a, A.Starred), self.expr(a.value if isinstance(a, A.Starred) else a, scope), a.pos)
-                 for a in call.args]
+        parts = [
+            (isinstance(a, A.Starred), self.expr(a.value if isinstance(a, A.Starred) else a, scope), a.pos)
+            for a in call.args
+        ]
         kws = [(k.name, self.expr(k.value, scope)) for k in call.keywords]
 
         def args(env: Env) -> list[Any]:
@@ -166,8 +187,7 @@ class ExprCompiler:
             raise self.error("only named functions can be called", e.func.pos)
         f = e.func.id
         if self.kind == "constant" and (f in SPECIAL_FORMS or f in self.ctx.fns):
-            raise self.error(f"{f} cannot be used in a constant (a default value or a strategy argument)",
-                             e.func.pos)
+            raise self.error(f"{f} cannot be used in a constant (a default value or a strategy argument)", e.func.pos)
         if f in SPECIAL_FORMS:
             return self.special(e, scope)
         info = self.ctx.fns.get(f)
@@ -185,8 +205,10 @@ class ExprCompiler:
         if f in STRATEGY_NAMES:
             raise self.error(f"{f} is a gradient strategy: use it after 'by' or in a strategies block", e.func.pos)
         if f in LIBRARY_OBJECTIVES:
-            raise self.error(f"{f}(...) builds an objective: write 'objective name = {f}(model, guide, ...)' at the "
-                             "top level", e.func.pos)
+            raise self.error(
+                f"{f}(...) builds an objective: write 'objective name = {f}(model, guide, ...)' at the top level",
+                e.func.pos,
+            )
         if scope.find(f):
             raise self.error(f"{f!r} is a variable, not a function", e.func.pos)
         raise self.unknown(e.func, "function", {**FUNCTIONS, **self.ctx.fns})
@@ -271,27 +293,36 @@ class ExprCompiler:
         if found is not None:
             var = found[0]
             if var.kind == "stacked":
-                raise self.error(f"{e.id!r} is being built by the loop: read this iteration's value as "
-                                 f"{e.id}[{', '.join(var.pending)}]", e.pos)
+                raise self.error(
+                    f"{e.id!r} is being built by the loop: read this iteration's value as "
+                    f"{e.id}[{', '.join(var.pending)}]",
+                    e.pos,
+                )
             name = e.id
             return lambda env: env[name]
         if e.id in CONSTANTS:
             v = CONSTANTS[e.id]
             return lambda env: v
         if e.id in self.ctx.fns:
-            raise self.error(f"{e.id!r} is a {self.ctx.fns[e.id].kind}: call it, or pass it to sim / density / a "
-                             "library objective", e.pos)
+            raise self.error(
+                f"{e.id!r} is a {self.ctx.fns[e.id].kind}: call it, or pass it to sim / density / a library objective",
+                e.pos,
+            )
         if e.id in FUNCTIONS:
             raise self.error(f"{e.id!r} is a function: call it", e.pos)
         if e.id in DISTRIBUTIONS:
             raise self.error(f"{e.id!r} is a distribution: sample from it with 'x ~ {e.id}(...)'", e.pos)
         hint = ""
         if (pos := scope.local_hint(e.id)) is not None:
-            hint = (f"note: {e.id!r} is assigned at {pos} in only one branch of an if; assign it in both branches "
-                    "(or before the if) to use it after")
+            hint = (
+                f"note: {e.id!r} is assigned at {pos} in only one branch of an if; assign it in both branches "
+                "(or before the if) to use it after"
+            )
         elif e.id == "data":
-            hint = ("note: observed data are given by address when the model is used (assess / generate "
-                    "constraints, or the data of an objective); 'data' is a name only inside objectives")
+            hint = (
+                "note: observed data are given by address when the model is used (assess / generate "
+                "constraints, or the data of an objective); 'data' is a name only inside objectives"
+            )
         raise self.error(f"undefined variable {e.id!r}{did_you_mean(e.id, scope.visible())}", e.pos, hint)
 
     def index(self, e: A.Index, scope: Scope) -> Code:
@@ -302,12 +333,19 @@ class ExprCompiler:
             if var.kind == "stacked":
                 k = len(var.pending)
                 if tuple(names[:k]) != var.pending:
-                    raise self.error(f"{base.id!r} is being built by the loop: read this iteration's value as "
-                                     f"{base.id}[{', '.join(var.pending)}]", e.pos)
+                    raise self.error(
+                        f"{base.id!r} is being built by the loop: read this iteration's value as "
+                        f"{base.id}[{', '.join(var.pending)}]",
+                        e.pos,
+                    )
                 return self.apply_index(lambda env, n=base.id: env[n], idx[k:], e, scope)
             loop = next((lp for lp in scope.loops() if lp.var == names[0]), None) if names[0] else None
-            if (loop is not None and var.kind in ("var", "param") and base.id not in loop.assigned
-                    and where in loop.outer.chain()):
+            if (
+                loop is not None
+                and var.kind in ("var", "param")
+                and base.id not in loop.assigned
+                and where in loop.outer.chain()
+            ):
                 loop.scanned.setdefault(base.id, e.pos)
                 slot, name, i = f"{base.id}[{loop.var}]", base.id, loop.var
 
@@ -332,8 +370,10 @@ class ExprCompiler:
                 parts.append((False, self.expr(i, scope), None))
 
         def key(env: Env) -> Any:
-            ks = tuple(slice(lo(env) if lo else None, hi(env) if hi else None) if is_slice else lo(env)
-                       for is_slice, lo, hi in parts)
+            ks = tuple(
+                slice(lo(env) if lo else None, hi(env) if hi else None) if is_slice else lo(env)
+                for is_slice, lo, hi in parts
+            )
             return ks[0] if len(ks) == 1 else ks
 
         return lambda env: self.guard(e.pos, "indexing", lambda: base(env)[key(env)])

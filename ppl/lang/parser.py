@@ -70,8 +70,9 @@ class _Newlines:
 @functools.cache
 def _lark() -> Lark:
     grammar = resources.files("ppl.lang").joinpath("grammar.lark").read_text()
-    return Lark(grammar, parser="lalr", lexer="basic", postlex=_Newlines(), propagate_positions=True,
-                maybe_placeholders=True)
+    return Lark(
+        grammar, parser="lalr", lexer="basic", postlex=_Newlines(), propagate_positions=True, maybe_placeholders=True
+    )
 
 
 # ---------------------------------------------------------------------------------------------- tree -> AST
@@ -153,9 +154,14 @@ class _ToAST(Transformer):
 
     def for_stmt(self, meta, children):
         var, it, body = children
-        if not (isinstance(it, A.Call) and isinstance(it.func, A.Name) and it.func.id == "range"
-                and 1 <= len(it.args) <= 2 and not it.keywords
-                and not any(isinstance(a, A.Starred) for a in it.args)):
+        if not (
+            isinstance(it, A.Call)
+            and isinstance(it.func, A.Name)
+            and it.func.id == "range"
+            and 1 <= len(it.args) <= 2
+            and not it.keywords
+            and not any(isinstance(a, A.Starred) for a in it.args)
+        ):
             raise LangCompileError("a for loop iterates over range(n) or range(start, stop)", it.pos)
         start, stop = (None, it.args[0]) if len(it.args) == 1 else it.args
         return A.For(var, start, stop, body, _pos(meta))
@@ -256,18 +262,41 @@ def _target(e) -> A.Target:
         if bad:
             raise LangCompileError(
                 "an indexed target must be indexed by loop variables only (write x[i] ~ ... inside "
-                "'for i in range(n)')", bad[0].pos)
+                "'for i in range(n)')",
+                bad[0].pos,
+            )
         return A.Target(e.value.id, tuple(e.indices), e.pos)
-    raise LangCompileError("cannot assign to this expression: the left of '=' or '~' is a name, x[i] "
-                           "(i a loop variable), or a list of those", e.pos)
+    raise LangCompileError(
+        "cannot assign to this expression: the left of '=' or '~' is a name, x[i] "
+        "(i a loop variable), or a list of those",
+        e.pos,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- errors
 
-_WORDS = {"NAME": "a name", "NUMBER": "a number", "STRING": "a string", "_NL": "end of line", "$END": "end of file",
-          "COMPARE": "a comparison"}
-_EXPR_START = {"NAME", "NUMBER", "STRING", "LPAR", "LSQB", "MINUS", "PLUS", "NOT", "TRUE", "FALSE", "PY_TRUE",
-               "PY_FALSE"}
+_WORDS = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "STRING": "a string",
+    "_NL": "end of line",
+    "$END": "end of file",
+    "COMPARE": "a comparison",
+}
+_EXPR_START = {
+    "NAME",
+    "NUMBER",
+    "STRING",
+    "LPAR",
+    "LSQB",
+    "MINUS",
+    "PLUS",
+    "NOT",
+    "TRUE",
+    "FALSE",
+    "PY_TRUE",
+    "PY_FALSE",
+}
 _OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "PERCENT", "AT", "VBAR", "COMPARE", "AND", "OR"}
 
 
@@ -332,8 +361,9 @@ def _syntax_error(e: UnexpectedInput, source: str, filename: str) -> LangSyntaxE
             line = len(lines)
             pos = A.Pos(line, len(lines[-1]) + 1, line, len(lines[-1]) + 2)
         else:
-            pos = A.Pos(tok.line, tok.column, tok.end_line or tok.line,
-                        tok.end_column or tok.column + max(len(tok.value), 1))
+            pos = A.Pos(
+                tok.line, tok.column, tok.end_line or tok.line, tok.end_column or tok.column + max(len(tok.value), 1)
+            )
             if tok.type == "_NL" and tok.value != ";":
                 pos = A.Pos(tok.line, tok.column, tok.line, tok.column + 1)
         message = f"unexpected {_describe_token(tok)}"

@@ -77,5 +77,3 @@ def assigned_names(stmts: tuple[A.Stmt, ...]) -> set[str]:
         elif isinstance(st, A.If):
             out |= assigned_names(st.then) | assigned_names(st.orelse)
     return out
-
-

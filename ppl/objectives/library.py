@@ -35,8 +35,8 @@ from jax.scipy.special import logsumexp
 
 from ..core.distributions import Subsample
 from ..core.interpreter import PPLError
-from ..core.primitives import bind_sample
 from ..core.lanes import vmap
+from ..core.primitives import bind_sample
 from ..core.strategy import Strategy, StrategyError, sg, zero_valued
 from ..gradients.strategies import ImplicitReparam, Reinforce, Reparam, default_strategy, detach, reinforce
 from ..transforms.adev import Expectation, expectation

@@ -104,4 +104,3 @@ def with_strategies(f: Any, strategies: Mapping[str, Strategy], default: Strateg
 
     rewritten.__name__ = getattr(fn, "__name__", "program")
     return type(f)(rewritten) if isinstance(f, GenFn | Expectation) else rewritten
-

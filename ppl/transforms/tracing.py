@@ -198,9 +198,7 @@ def _check_constraints(jaxpr: Any, given: Mapping[str, Any], who: str, require_a
     avals = site_avals(jaxpr)
     unused = sorted(set(given) - set(avals))
     if unused:
-        raise PPLError(
-            f"{who}: choice(s) {unused} are not used by the program; its addresses are {sorted(avals)}"
-        )
+        raise PPLError(f"{who}: choice(s) {unused} are not used by the program; its addresses are {sorted(avals)}")
     if require_all:
         missing = sorted(set(avals) - set(given))
         if missing:
