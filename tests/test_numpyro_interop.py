@@ -25,6 +25,7 @@ from numpyro.infer.util import log_density
 
 import ppl
 from ppl.interop import NumPyroGenFn, from_numpyro
+from ppl.transforms.tracing import sites
 from tests.stats import assert_unbiased, keys
 
 N_EST = 10_000
@@ -357,9 +358,15 @@ def test_unsupported_primitives_raise_clear_errors():
         _err(lambda: numpyro.primitives.mutable("state", {"n": 0}))
     with pytest.raises(ppl.PPLError, match="prng_key"):
         _err(lambda: numpyro.prng_key())
-    enum_site = functools.partial(numpyro.sample, "z", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
-    with pytest.raises(ppl.PPLError, match="'z'.*enumerate.*ppl.enum"):
-        _err(enum_site)
+    odd = functools.partial(numpyro.sample, "z", dist.Bernoulli(0.5), infer={"enumerate": "flat"})
+    with pytest.raises(ppl.PPLError, match="'z'.*enumerate.*'flat'.*parallel"):
+        _err(odd)
+
+
+def test_enumerate_parallel_is_the_enum_strategy():
+    site = functools.partial(numpyro.sample, "z", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+    ((_, _, strategy),) = sites(from_numpyro(site), {})
+    assert strategy == ppl.enum
 
 
 def test_param_errors():

@@ -278,11 +278,15 @@ def scope(name: str) -> Iterator[None]:
         _scopes.stack = _scopes.stack[:-1]
 
 
-def sample(addr: str, d: Any, strategy: Strategy | None = None) -> jax.Array:
+def sample(addr: str, d: Any, strategy: Strategy | None = None, *, obs: Any = None) -> jax.Array:
     """A random choice at address ``addr`` from distribution ``d`` (NumPyro, or TFP's JAX substrate).
 
     ``strategy`` says how ADEV estimates the derivative through this choice (``None``: reparam where ``d`` has a
     reparameterized sampler, reinforce otherwise).
+
+    ``obs=value`` (NumPyro's form): an observation *in the program*, not a choice — its log density is added as a
+    factor (one per lane inside a plate) and ``value`` is returned; use it for data that depends on the program,
+    such as ``x[idx]`` in a subsampled plate. Observations passed as ``data`` to an objective are choices instead.
 
     >>> import jax, numpyro.distributions as dist, ppl
     >>> float(ppl.seed(lambda: ppl.sample("x", dist.Normal(0.0, 1.0)))(jax.random.key(0))) != 0.0
@@ -291,6 +295,11 @@ def sample(addr: str, d: Any, strategy: Strategy | None = None) -> jax.Array:
     if not isinstance(addr, str) or not addr:
         raise TypeError(f"ppl.sample: the address must be a non-empty string, got {addr!r}")
     d = _dists.as_numpyro(d, addr)
+    if obs is not None:
+        d = _in_plates(d, addr, active_plates())
+        obs = jnp.asarray(obs)
+        factor(_dists.log_prob(d, obs))
+        return obs
     if strategy is not None and not isinstance(strategy, Strategy):
         raise TypeError(
             f"ppl.sample({addr!r}, ...): strategy={strategy!r} is not a gradient strategy; use one of "
@@ -328,7 +337,7 @@ def factor(log_weight: Any) -> None:
     """Add ``log_weight`` (summed if it is an array) to the log density of the enclosing program.
 
     Inside ``ppl.plate`` an array ``log_weight`` with the plate's dimension is one weight per lane (so estimators
-    condition per lane, as for the plate's sites)."""
+    condition per lane, as for the plate's sites); inside a subsampled plate it is scaled by ``size / subsample``."""
     _weight(factor_p, log_weight)
 
 
@@ -336,13 +345,20 @@ def add_cost(c: Any) -> None:
     """Inside an expectation, add ``c`` (summed if it is an array) to the value whose expectation is taken.
 
     Inside ``ppl.plate`` an array ``c`` with the plate's dimension is one cost per lane: only the scores of that
-    lane's choices (and of choices outside the plate) multiply it."""
+    lane's choices (and of choices outside the plate) multiply it; a subsampled plate scales it."""
     _weight(cost_p, c)
 
 
 def _weight(prim: Any, x: Any) -> None:
-    x = jnp.asarray(x)
     plates = active_plates()
+    scale = math.prod(p.scale for p in plates)
+    bind_weight(prim, x if scale == 1 else scale * jnp.asarray(x), plates)  # subsampled: estimates the full sum
+
+
+def bind_weight(prim: Any, x: Any, plates: tuple[PlateSpec, ...]) -> None:
+    """Bind ``factor_p``/``cost_p`` for ``x``: one value per lane of the outermost of ``plates`` if ``x`` has that
+    plate's dimension, else its sum."""
+    x = jnp.asarray(x)
     if plates and x.ndim >= -plates[0].dim and x.shape[plates[0].dim] == plates[0].lanes:
         prim.bind(plates[0].per_lane(x), plate=plates[0])
     else:

@@ -7,8 +7,10 @@ their work) that turns NumPyro's primitives into ``ppl``'s:
 ====================================  =================================================================================
 NumPyro                               ``ppl``
 ====================================  =================================================================================
-``sample(name, d)`` (latent)          ``ppl.sample(name, d, strategy=infer.get("strategy"))`` — a random choice
+``sample(name, d)`` (latent)          ``ppl.sample(name, d, strategy=infer.get("strategy"))`` — a random choice;
+                                      ``infer={"enumerate": "parallel"}`` is ``strategy=ppl.enum``
 ``sample(name, d, obs=y)``            ``ppl.factor(scale · log d(y))`` — observations are *not* choices
+``plate(name, N)`` around a site      ``ppl.plate(name, N)``: the site's lanes are conditionally independent
 latent site under a scale / mask      the choice, plus ``ppl.factor(scale · masked log d(x) − log d(x))``
 ``plate(name, N, subsample_size=B)``  a choice at address ``name``: the ``B`` indices, drawn without replacement,
                                       with log density 0 (so a model reads a guide's minibatch, as NumPyro's ``replay``)
@@ -48,9 +50,10 @@ sees. A function without ``numpyro.param`` sites takes ``{}`` (or convert it wit
 Sharp edges:
     * Observations are factors, not choices: the model's choices are its latent sites only. (A NumPyro site run
       with ``obs=None`` *is* a choice, so ``ppl.elbo(p, q, {"y": y})`` also works for such models.)
-    * A latent site inside a subsampled plate (or under ``handlers.scale``/``mask``) is sampled from its own
-      distribution and its log density is corrected by a factor, so its score function (reinforce, enum) is the true
-      one while ``assess`` equals NumPyro's ``log_density``. A masked-out latent element is still sampled.
+    * A latent site inside a subsampled plate is scaled as a ``ppl.plate`` site; under ``handlers.scale``/``mask`` it
+      is sampled from its own distribution and its log density is corrected by a factor, so its score function
+      (reinforce, enum) is the true one while ``assess`` equals NumPyro's ``log_density``. A masked-out latent
+      element is still sampled.
     * Subsample indices are a random choice at the plate's name. In an objective the guide should own the
       subsampled plate (as NumPyro's autoguides do) so the model reads its indices; otherwise pass the indices as
       data. ``assess`` of a model with a subsampled plate needs the indices among the choices.
@@ -63,14 +66,17 @@ Sharp edges:
       ``numpyro.contrib.control_flow.scan``/``cond`` do not.
     * Not supported (a ``PPLError`` naming the site): ``numpyro.contrib.control_flow.scan``/``cond``, mutable state
       (``numpyro.mutable``, ``flax_module``/``haiku_module`` with mutable collections), ``numpyro.prng_key()``,
-      ``infer={"enumerate": ...}`` (use ``infer={"strategy": ppl.enum}``, or ``ppl.with_strategies``), and any other
-      message type. ``numpyro.module``/``flax_module`` without mutable state work (their parameters are lifted).
+      and any other message type. ``numpyro.module``/``flax_module`` without mutable state work (their parameters
+      are lifted). ``infer={"enumerate": "parallel"}`` is the ``enum`` *gradient strategy* at a site the guide
+      samples (exact per lane in a plate), not NumPyro's marginalization of a model site the guide does not
+      sample: give the guide that site.
     * ``ppl.with_strategies(gf, ...)`` returns a generative function without ``init_params``: call that on the
       function ``from_numpyro`` returned.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -85,8 +91,10 @@ from numpyro.primitives import Messenger
 from ..core import distributions as _dists
 from ..core.distributions import Subsample
 from ..core.interpreter import PPLError
+from ..core.primitives import PlateSpec, _prefix, bind_sample, bind_weight, factor_p
 from ..core.primitives import factor as ppl_factor
 from ..core.primitives import sample as ppl_sample
+from ..gradients.strategies import enum
 from ..transforms.tracing import GenFn
 
 __all__ = ["from_numpyro", "NumPyroGenFn", "Subsample"]
@@ -132,6 +140,7 @@ class _ToPPL(Messenger):
     def __init__(self, owner: _Converted, params: Mapping[str, Any] | None):
         self.owner, self.params = owner, params
         self.deterministic: dict[str, Any] = {}
+        self.plate_sizes: dict[str, tuple[int, int]] = {}
         super().__init__()
 
     def process_message(self, msg: dict[str, Any]) -> None:
@@ -155,28 +164,40 @@ class _ToPPL(Messenger):
     def _sample(self, msg: dict[str, Any]) -> None:
         name, fn, scale = msg["name"], msg["fn"], msg["scale"]
         infer = msg.get("infer") or {}
-        if "enumerate" in infer:
-            raise PPLError(
-                f"{self.owner.__name__}: site {name!r} has infer={{'enumerate': {infer['enumerate']!r}}}: NumPyro's "
-                "enumeration (marginalizing the site out of the model) is not supported by ppl.from_numpyro. For an "
-                "enumerated gradient estimate use infer={'strategy': ppl.enum} or ppl.with_strategies(gf, "
-                f"{{{name!r}: ppl.enum}})"
-            )
+        strategy = infer.get("strategy")
+        if "enumerate" in infer and strategy is None:
+            if infer["enumerate"] not in ("parallel", "sequential"):
+                raise PPLError(
+                    f"{self.owner.__name__}: site {name!r} has infer={{'enumerate': {infer['enumerate']!r}}}; ppl "
+                    "reads 'parallel' and 'sequential' as the enum strategy (or set infer={'strategy': ...})"
+                )
+            strategy = enum
         sample_shape = tuple(msg["kwargs"].get("sample_shape") or ())
         if sample_shape:
             fn = msg["fn"] = fn.expand(sample_shape + tuple(fn.batch_shape))
             msg["kwargs"]["sample_shape"] = ()
-        if msg["value"] is not None:  # observed (obs=, handlers.condition) or substituted: a factor
+        plates = self._plates(msg)
+        if msg["value"] is not None:  # observed (obs=, handlers.condition) or substituted: a factor (per lane)
             lp = _dists.log_prob(fn, msg["value"])
-            ppl_factor(lp if _is_one(scale) else scale * lp)
+            bind_weight(factor_p, lp if _is_one(scale) else scale * lp, plates)
             return
         sampler, masked = _strip_masks(fn)
-        x = ppl_sample(name, sampler, infer.get("strategy"))
-        if masked or not _is_one(scale):
+        x = bind_sample(_prefix() + name, sampler, strategy, plates)
+        own = math.prod(p.scale for p in plates)  # the site scores itself scaled by its plates' subsampling
+        given = 1.0 if scale is None else scale  # NumPyro's scale (plates' subsampling and handlers.scale)
+        if masked or not (isinstance(given, int | float) and math.isclose(given, own)):
             target = _dists.log_prob(fn, x)
             target = target if _is_one(scale) else scale * target
-            ppl_factor(jnp.sum(target) - jnp.sum(_dists.log_prob(sampler, x)))
+            ppl_factor(jnp.sum(target) - own * jnp.sum(_dists.log_prob(sampler, x)))
         msg["value"] = x
+
+    def _plates(self, msg: dict[str, Any]) -> tuple[PlateSpec, ...]:
+        """The NumPyro plates around a site as ``ppl`` plates (outermost first)."""
+        out = []
+        for f in msg.get("cond_indep_stack") or ():
+            size, lanes = self.plate_sizes.get(f.name, (f.size, f.size))
+            out.append(PlateSpec(f.name, int(size), int(lanes), int(f.dim)))
+        return tuple(sorted(out, key=lambda p: -p.dim))
 
     def _param(self, msg: dict[str, Any]) -> None:
         name = msg["name"]
@@ -195,9 +216,10 @@ class _ToPPL(Messenger):
         msg["value"] = jax.tree_util.tree_map(biject_to(constraint), self.params[name])
 
     def _plate(self, msg: dict[str, Any]) -> None:
+        size, subsample_size = msg["args"][:2]
+        self.plate_sizes[msg["name"]] = (size, subsample_size or size)
         if msg["value"] is not None:  # no subsampling: the indices are arange(size)
             return
-        size, subsample_size = msg["args"][:2]
         msg["value"] = ppl_sample(msg["name"], Subsample(size, subsample_size))
 
 
