@@ -187,6 +187,19 @@ class ExprStmt(Node):
 
 
 @dataclass(frozen=True)
+class Plate(Node):
+    """``plate name(size[, subsample_size=b]) [as idx] { body }``: ``with ppl.plate("name", size, ...) as idx`` —
+    the body's choices are vectorized along the plate (NumPyro's semantics), its lanes conditionally independent."""
+
+    name: Name
+    size: Expr
+    subsample: Expr | None
+    var: Name | None
+    body: tuple[Stmt, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
 class For(Node):
     """``for var in range([start,] stop) { body }`` (compiled to one ``lax.scan``)."""
 
@@ -213,7 +226,7 @@ class Return(Node):
     pos: Pos
 
 
-Stmt = Sample | Assign | ExprStmt | For | If | Return
+Stmt = Sample | Assign | ExprStmt | For | Plate | If | Return
 
 # ---------------------------------------------------------------------------------------------- declarations
 

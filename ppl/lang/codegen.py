@@ -31,6 +31,7 @@ import numpy as np
 from jax import lax
 
 from .._jax_internals import is_tracer
+from ..core.plates import plate
 from ..core.primitives import sample
 from ..core.primitives import scope as addr_scope
 from . import ast as A
@@ -117,6 +118,7 @@ class FnCompiler(ExprCompiler):
             A.Assign: self.assign,
             A.ExprStmt: self.expr_stmt,
             A.For: self.for_,
+            A.Plate: self.plate_,
             A.If: self.if_,
         }[type(st)]
         return method(st, scope)
@@ -300,6 +302,33 @@ class FnCompiler(ExprCompiler):
             carry, ys = self.guard(head, "for loop", lambda: lax.scan(step, init, (jnp.arange(lo, hi), xs), length=n))
             env.update(carry)
             env.update(ys)
+
+        return run
+
+    def plate_(self, st: A.Plate, scope: Scope) -> Run:
+        """``with ppl.plate(name, size, subsample_size) as idx:`` around the body (same scope: names it binds are
+        seen after it; its choices are vectorized along the plate, NumPyro style)."""
+        size = self.expr(st.size, scope)
+        sub = self.expr(st.subsample, scope) if st.subsample is not None else None
+        if st.var is not None:
+            scope.vars[st.var.id] = Var("var", st.var.pos)
+        if st.subsample is not None:  # the indices are a random choice at the plate's name
+            self.add_address(st.name.id, st.name.pos)
+        body = self.block(st.body, scope)
+        name, var, head = st.name.id, st.var.id if st.var is not None else None, _head(st.pos, "plate")
+
+        def run(env: Env) -> None:
+            n = _static_int(size(env))
+            b = _static_int(sub(env)) if sub is not None else None
+            if n is None or (sub is not None and b is None):
+                raise self.error(
+                    "a plate size must be a static integer (a Python int argument, a literal, or len(x))", st.size.pos
+                )
+            ctx = self.guard(head, f"plate {name}", lambda: plate(name, n, b))
+            with ctx as idx:
+                if var is not None:
+                    env[var] = idx
+                body(env)
 
         return run
 

@@ -166,6 +166,20 @@ class _ToAST(Transformer):
         start, stop = (None, it.args[0]) if len(it.args) == 1 else it.args
         return A.For(var, start, stop, body, _pos(meta))
 
+    def plate_stmt(self, meta, children):
+        _kw, name, (args, kws), _as, var, body = children
+        if (
+            len(args) != 1
+            or any(isinstance(a, A.Starred) for a in args)
+            or any(k.name != "subsample_size" for k in kws)
+        ):
+            raise LangCompileError(
+                "a plate is written plate name(size) or plate name(size, subsample_size=b), optionally 'as idx'",
+                name.pos,
+            )
+        sub = kws[0].value if kws else None
+        return A.Plate(name, args[0], sub, var, body, _pos(meta))
+
     def if_stmt(self, meta, children):
         cond, then, _else, orelse = children
         if orelse is None:

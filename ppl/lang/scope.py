@@ -72,7 +72,7 @@ def assigned_names(stmts: tuple[A.Stmt, ...]) -> set[str]:
     for st in stmts:
         if isinstance(st, A.Sample | A.Assign):
             out |= {t.id for t in st.targets if not t.indices}
-        elif isinstance(st, A.For):
+        elif isinstance(st, A.For | A.Plate):
             out |= assigned_names(st.body)
         elif isinstance(st, A.If):
             out |= assigned_names(st.then) | assigned_names(st.orelse)
