@@ -266,7 +266,7 @@ def main() -> None:
     b = elbo_at(p0, k_base)
     print(f"ELBO at the initial guide = {b:.3f} (the constant of 'baseline')")
 
-    print("\n== compare_estimators: the same ppl.elbo, strategy of z* set by glob, at the initial guide\n")
+    print("\n== compare_estimators: the same ppl.elbo, strategy of the plated z set by address, at the initial guide\n")
     plot = None if args.quick else os.path.join(args.out, "mixture_estimators.png")
     if plot:
         os.makedirs(args.out, exist_ok=True)
