@@ -114,3 +114,15 @@ def test_language_subsampled_plate_reads_its_indices():
     assert tr.choices["data"].shape == (2,) and tr.choices["x"].shape == (2,)
     lp = dist.Normal(jnp.arange(6.0)[tr.retval], 1.0).log_prob(tr.choices["x"]).sum() * 3.0
     np.testing.assert_allclose(tr.score, lp, rtol=1e-6)
+
+
+def test_data_of_another_size_than_the_plate_names_the_plate():
+    @ppl.gen
+    def m():
+        with ppl.plate("data", 100):
+            ppl.sample("x", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ppl.PPLError, match=r"'x' has shape \(50,\).*\(100,\).*plate 'data'"):
+        m.assess({"x": jnp.zeros(50)})
+    with pytest.raises(ppl.PPLError, match=r"'x'.*plate 'data'"):
+        ppl.elbo(m, ppl.gen(lambda: None), {"x": jnp.zeros(50)}).estimate(jax.random.key(0), (), ())

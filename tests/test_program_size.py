@@ -48,3 +48,27 @@ def test_the_staging_cache_is_bounded():
     assert len(st._cache) == Staged.MAX_CACHED
     first = st.stage((jnp.ones(2), float(Staged.MAX_CACHED + 19)))[0]
     assert st.stage((jnp.ones(2), float(Staged.MAX_CACHED + 19)))[0] is first  # still a hit
+
+
+def _plated_size(strategy, n: int) -> int:
+    @ppl.gen
+    def model():
+        mu = ppl.sample("mu", dist.Normal(jnp.zeros(3), 5.0).to_event(1))
+        with ppl.plate("data", n):
+            z = ppl.sample("z", dist.Categorical(logits=jnp.zeros(3)))
+            ppl.sample("x", dist.Normal(mu[z], 1.0))
+
+    @ppl.gen
+    def guide(logits):
+        ppl.sample("mu", dist.Normal(jnp.zeros(3), 1.0).to_event(1))
+        with ppl.plate("data", n):
+            ppl.sample("z", dist.Categorical(logits=logits))
+
+    obj = ppl.elbo(model, guide, {"x": jnp.zeros(n)}, strategies={"z": strategy})
+    return _count(jax.make_jaxpr(lambda k: obj.grad_estimate(k, (), (jnp.zeros((n, 3)),)))(jax.random.key(0)).jaxpr)
+
+
+@pytest.mark.parametrize("strategy", [ppl.enum, ppl.mvd, ppl.reinforce], ids=["enum", "mvd", "reinforce"])
+def test_a_plated_estimator_does_not_grow_with_the_number_of_points(strategy):
+    # one vectorized site for all points: the same program at N = 10 and N = 1,000 (unrolled sites: 3^N runs)
+    assert _plated_size(strategy, 10) == _plated_size(strategy, 1000)

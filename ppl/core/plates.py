@@ -56,7 +56,7 @@ from .primitives import (
     sample_p,
 )
 
-__all__ = ["plate", "PlateSpec", "site_plate", "plated_sites"]
+__all__ = ["plate", "PlateSpec", "site_plate", "site_plates", "plated_sites"]
 
 
 class plate:  # noqa: N801  (a context manager named like NumPyro's)
@@ -158,6 +158,18 @@ def _escape(jaxpr: Jaxpr, j: int, p: PlateSpec) -> str | None:
     if any(not isinstance(v, Literal) and v in tainted for v in jaxpr.outvars):
         return "the returned value"
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def site_plates(jaxpr: Jaxpr) -> dict[str, tuple[PlateSpec, ...]]:
+    """Address -> the plates of every plated site in ``jaxpr`` (nested jaxprs included), for messages."""
+    out: dict[str, tuple[PlateSpec, ...]] = {}
+    for e in jaxpr.eqns:
+        if e.primitive is sample_p and e.params.get("plates"):
+            out[e.params["addr"]] = e.params["plates"]
+        for sub in subjaxprs(e):
+            out.update(site_plates(sub))
+    return out
 
 
 def _check_sizes(jaxpr: Jaxpr) -> None:

@@ -45,6 +45,7 @@ from ..core.interpreter import (
     site_avals,
     zero,
 )
+from ..core.plates import site_plates
 from ..core.primitives import Site, cost_p, factor_p, sample_p
 from ..core.staging import ArgSplit, Staged
 
@@ -205,9 +206,15 @@ def _check_constraints(jaxpr: Any, given: Mapping[str, Any], who: str, require_a
             raise PPLError(f"{who}: missing choice(s) {missing}: the program samples them; pass a value for each")
     for a, v in given.items():
         if tuple(jnp.shape(v)) != tuple(avals[a].shape):
+            plates = site_plates(jaxpr.jaxpr if hasattr(jaxpr, "jaxpr") else jaxpr).get(a)
+            why = (
+                f"it is inside {plates[0]!r}: its size along dim {plates[0].dim} is the plate's"
+                if plates
+                else "sites inside lax.scan / vmap record the loop / batch axis in front"
+            )
             raise PPLError(
                 f"{who}: choice {a!r} has shape {tuple(jnp.shape(v))} but the program's site expects "
-                f"{tuple(avals[a].shape)} (sites inside lax.scan / vmap record the loop / batch axis in front)"
+                f"{tuple(avals[a].shape)} ({why})"
             )
 
 
