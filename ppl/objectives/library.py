@@ -22,6 +22,14 @@ Sharp edges:
     * ``vimco`` forces ``reinforce`` on the guide's sites (its control variates assume score-function terms) and
       rejects other strategies; ``dreg_iwae`` rejects guide sites that are not reparameterized (both name the site).
     * Data must not name an address the guide samples (an error): the observation would replace the guide's draw.
+    * Plates (``ppl.plate``): ``elbo`` is a sum over the plate, so it gives every site's log density as a per-lane
+      term and a plated site's score multiplies only its lane's terms (``enum``/``mvd`` at it: ``|values|`` runs for
+      all lanes). ``iwae``, ``vimco``, ``renyi``, ``dreg_iwae`` and the wake objectives are not: their particles are
+      whole-dataset, so a plated one-call site's score multiplies the whole particle (unbiased, as without the
+      plate) and a multi-call strategy at a plated site is an error naming the site.
+    * A model's subsampled plate (``ppl.plate(..., subsample_size=b)``) whose indices neither the guide nor the data
+      provide draws them inside the objective (uniformly, no derivative): an unbiased estimate of the full-data
+      objective for ``elbo``; inside the log-mean-exp of ``iwae`` and friends it is a different bound, as in NumPyro.
 """
 
 from __future__ import annotations

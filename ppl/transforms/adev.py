@@ -73,7 +73,9 @@ def _adev_sample(interp, state, eqn, invals):
     d = site.dist()
     s = site.strategy() or default_strategy(d)
     if s.multi_call and site.plates and not interp.value_only:
-        raise _plated_error(interp, site, "is inside a lax.scan body, a cond branch or a map lane")
+        raise _plated_error(
+            interp, site, "is inside a lax.scan body, a cond branch or a map lane (such as iwae's particles)"
+        )
     s.check(d, site.addr, lanes=bool(site.plates))
     dtype = eqn.outvars[0].aval.dtype
     if s.multi_call:  # in a map lane or a loop body: sample, and ask the enclosing map / loop for the correction
