@@ -137,6 +137,21 @@ def gauss_q_py(loc=0.0, log_scale=0.0):
     ppl.sample("z", dist.Normal(loc, jnp.exp(log_scale)))
 
 
+@ppl.gen
+def mixture_plate_py(n=1000):
+    mu = ppl.sample("mu", dist.Normal(jnp.zeros(3), 10.0))
+    with ppl.plate("data", n):
+        z = ppl.sample("z", dist.Categorical(logits=jnp.zeros(3)))
+        ppl.sample("x", dist.Normal(mu[z], 1.0))
+
+
+@ppl.gen
+def mixture_plate_q_py(m=jnp.array([-1.0, 0.0, 1.0]), rho=jnp.zeros(3), logits=jnp.zeros((1000, 3)), n=1000):
+    ppl.sample("mu", dist.Normal(m, jax.nn.softplus(rho)))
+    with ppl.plate("data", n):
+        ppl.sample("z", dist.Categorical(logits=logits), strategy=ppl.enum)
+
+
 PAIRS = [
     ("coin", "coin", coin_py, ()),
     ("coin", "coin", coin_py, (7,)),
@@ -150,6 +165,8 @@ PAIRS = [
     ("mixture", "mixture_q", mixture_q_py, (jnp.asarray(0.4),)),
     ("iwae_by_hand", "gauss", gauss_py, ()),
     ("iwae_by_hand", "gauss_q", gauss_q_py, (jnp.asarray(0.2), jnp.asarray(-0.3))),
+    ("mixture_plate", "mixture", mixture_plate_py, (10,)),
+    ("mixture_plate", "mixture_q", mixture_plate_q_py, (jnp.zeros(3), jnp.zeros(3), jnp.ones((10, 3)), 10)),
 ]
 
 
@@ -557,7 +574,7 @@ def test_run_examples_script(capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.main(["--steps", "3"]) == 0
-    assert "5/5 examples ok" in capsys.readouterr().out
+    assert "6/6 examples ok" in capsys.readouterr().out
 
 
 def test_cli_usage_errors(capsys, tmp_path):

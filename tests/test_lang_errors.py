@@ -431,7 +431,7 @@ def test_library_objective_data_errors_are_located(tmp_path):
     e = error_of(source, data={"yy": jnp.zeros(3)})
     check(e, source, 6, 18, "observed address(es) ['yy'] of the data are not sampled by model 'm'")
     e = error_of(source, data={"y": jnp.zeros(4)}, run=lambda p: p["loss"].estimate(jax.random.key(0), (), ()))
-    check(e, source, 6, 18, "elbo: m.assess: choice 'y' has shape (4,) but the program's site expects (3,)")
+    check(e, source, 6, 18, "elbo: m.density: choice 'y' has shape (4,) but the program's site expects (3,)")
 
 
 def test_cli_locates_errors_raised_after_compilation(tmp_path, capsys):

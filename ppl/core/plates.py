@@ -56,7 +56,7 @@ from .primitives import (
     sample_p,
 )
 
-__all__ = ["plate", "PlateSpec", "site_plate", "site_plates", "plated_sites"]
+__all__ = ["plate", "PlateSpec", "site_plate", "site_plates", "plated_sites", "check_plate_sizes"]
 
 
 class plate:  # noqa: N801  (a context manager named like NumPyro's)
@@ -132,7 +132,7 @@ def plated_sites(jaxpr: Jaxpr) -> dict[Any, str | None]:
 
     Also checks that every plate name has one size throughout the program (nested jaxprs included).
     """
-    _check_sizes(jaxpr)
+    check_plate_sizes(jaxpr)
     out: dict[Any, str | None] = {}
     for j, e in enumerate(jaxpr.eqns):
         if e.primitive is sample_p and (p := site_plate(e)) is not None:
@@ -172,18 +172,26 @@ def site_plates(jaxpr: Jaxpr) -> dict[str, tuple[PlateSpec, ...]]:
     return out
 
 
-def _check_sizes(jaxpr: Jaxpr) -> None:
-    seen: dict[str, PlateSpec] = {}
+@functools.lru_cache(maxsize=4096)
+def check_plate_sizes(jaxpr: Jaxpr) -> None:
+    """Every plate name has one size throughout the program (nested jaxprs included); else an error naming both
+    uses."""
+    seen: dict[str, tuple[PlateSpec, str]] = {}
 
     def walk(j: Jaxpr) -> None:
         for e in j.eqns:
-            specs = e.params.get("plates", ()) if e.primitive is sample_p else (e.params.get("plate"),)
-            for s in specs if e.primitive in (sample_p, cost_p, factor_p) else ():
-                if s is None:
-                    continue
-                old = seen.setdefault(s.name, s)
-                if (old.size, old.lanes) != (s.size, s.lanes):
-                    raise PPLError(f"plate name {s.name!r} is used with two sizes: {old!r} and {s!r}")
+            if e.primitive in (sample_p, cost_p, factor_p):
+                specs = e.params.get("plates", ()) if e.primitive is sample_p else (e.params.get("plate"),)
+                where = f"site {e.params['addr']!r}" if e.primitive is sample_p else f"a {e.primitive.name}"
+                for s in specs:
+                    if s is None:
+                        continue
+                    old, at = seen.setdefault(s.name, (s, where))
+                    if (old.size, old.lanes) != (s.size, s.lanes):
+                        raise PPLError(
+                            f"plate name {s.name!r} is used with two sizes: {old!r} at {at} and {s!r} at {where}; "
+                            "one name is one plate — rename one of them"
+                        )
             for sub in subjaxprs(e):
                 walk(sub)
 

@@ -45,7 +45,7 @@ from ..core.interpreter import (
     site_avals,
     zero,
 )
-from ..core.plates import site_plates
+from ..core.plates import check_plate_sizes, site_plates
 from ..core.primitives import Site, cost_p, factor_p, sample_p
 from ..core.staging import ArgSplit, Staged
 
@@ -243,6 +243,7 @@ class GenFn:
     def _trace(self, key, constraints, args, who, require_all=False):
         constraints = dict(constraints)
         jaxpr, out_tree, dyn = self.staged.stage(args)
+        check_plate_sizes(jaxpr.jaxpr)
         _check_constraints(jaxpr, constraints, f"{self.__name__}.{who}", require_all)
         outs, st = run(Tracing(constraints), jaxpr, dyn, _initial(key))
         retval = jax.tree_util.tree_unflatten(out_tree, outs)
