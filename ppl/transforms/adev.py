@@ -50,6 +50,7 @@ from ..core.interpreter import (
     PPLError,
     RuleTable,
     State,
+    addresses,
     control_flow_cps_rules,
     control_flow_rules,
     map_lanes_rule,
@@ -58,6 +59,7 @@ from ..core.interpreter import (
     scan_rule,
     zero,
 )
+from ..core.params import parameter_mask, unwrap
 from ..core.plates import plated_sites, site_plate
 from ..core.primitives import Site, cost_p, factor_p, map_p, sample_p
 from ..core.staging import Staged
@@ -103,7 +105,13 @@ def _adev_sample_cps(interp, state, eqn, invals, k):
     dtype = eqn.outvars[0].aval.dtype
     acc, rest = state.carry["acc"], replace(state, carry={**state.carry, "acc": zero()})
     if site.plates:
-        return acc + _plated_estimate(interp, eqn, site, key, d, s, rest, k)
+        lanes, other = _plated_estimate(interp, eqn, site, key, d, s, rest, k)
+        return (lanes, acc + other) if interp.collect else acc + other + jnp.sum(lanes)
+    if interp.collect:
+        raise PPLError(
+            f"{s!r} at site {site.addr!r}: a multi-call site outside a plate after a plated multi-call site (of plate "
+            f"{interp.collect!r}) is not supported; sample it before the plate, or use a one-call strategy there"
+        )
     s.check(d, site.addr)
     return acc + s.jvp_estimate(key, d, lambda x: k([jnp.asarray(x, dtype)], rest))
 
@@ -147,7 +155,7 @@ def _plated_estimate(interp, eqn, site, key, d, s, rest, k):
         lanes, other = run_at(x)
         terms, _ = jax.vmap(lambda v: run_at(v, replace(collect, value_only=True)))(values)
         lanes = lanes + jnp.sum(coeffs * sg(terms), axis=0)
-    return (lanes, other) if interp.collect else other + jnp.sum(lanes)
+    return lanes, other
 
 
 def zero_lanes(plate):
@@ -193,6 +201,12 @@ def _block_cps(rule):
     """
 
     def cps(interp, state, eqn, invals, k):
+        if interp.collect:
+            raise PPLError(
+                f"a {eqn.primitive.name} block with multi-call sites (addresses {sorted(addresses(eqn))}) after a "
+                f"plated multi-call site (of plate {interp.collect!r}) is not supported; move it before the plate, or "
+                "use one-call strategies in it"
+            )
         is_map = eqn.primitive is map_p
         if is_map:
             outs, after, carries, start, lane = map_lanes_rule(interp, replace(state, requests={}), eqn, invals)
@@ -305,15 +319,12 @@ def _finish(outs, state, interp=None):
 # ---------------------------------------------------------------------------------------------- expectations
 
 
-def _differentiable(x: Any) -> bool:
-    return isinstance(x, float) or (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact))
-
-
 class Expectation:
     """``E[f](θ)`` for a program ``f`` whose random choices carry gradient strategies (``@ppl.expectation``).
 
-    All methods take a key then the arguments of ``f``; gradients are with respect to every floating-point leaf of
-    the arguments (other leaves get ``None``), one gradient per argument (a bare gradient for one argument).
+    All methods take a key then the arguments of ``f``; gradients are with respect to the parameters — every
+    floating-point leaf of the arguments outside ``ppl.fixed`` (the rule of :mod:`ppl.core.params`; other leaves get
+    ``None``) — one gradient per argument (a bare gradient for one argument).
     """
 
     def __init__(self, fn: Callable[..., Any]):
@@ -343,37 +354,57 @@ class Expectation:
         """An unbiased estimate of ``E[f](args)``."""
         return self.surrogate(key, *args)
 
-    def value_and_grad_estimate(self, key: Any, *args: Any) -> tuple[jax.Array, Any]:
-        """``(estimate, gradient estimate)`` from one run of the program."""
+    def _parameters(self, args: tuple[Any, ...]) -> tuple[list[Any], Any, list[int]]:
+        """``(leaves, treedef, positions of the parameters)`` of ``args`` (the rule of :mod:`ppl.core.params`)."""
         leaves, tree = jax.tree_util.tree_flatten(args)
-        idx = [i for i, x in enumerate(leaves) if _differentiable(x)]
+        idx = [i for i, m in enumerate(parameter_mask(args)) if m]
         if not idx:
             kinds = ", ".join(f"{type(x).__name__} {x!r}" if jnp.ndim(x) == 0 else type(x).__name__ for x in leaves)
             raise PPLError(
-                f"{self.__name__}: no floating-point argument to differentiate (got {kinds or 'no arguments'}); "
-                "gradients are taken with respect to float leaves — write 1.0, not 1, or jnp.asarray(x, float)"
+                f"{self.__name__}: no parameter to differentiate (got {kinds or 'no arguments'}); the parameters are "
+                "the float leaves outside ppl.fixed(...) — write 1.0, not 1, or jnp.asarray(x, float)"
             )
+        return leaves, tree, idx
 
+    def _with(self, key: Any, leaves: list[Any], tree: Any, idx: list[int]) -> Callable[[list[Any]], jax.Array]:
         def f(diff):
             new = list(leaves)
             for i, x in zip(idx, diff, strict=True):
                 new[i] = x
             return self.surrogate(key, *jax.tree_util.tree_unflatten(tree, new))
 
-        value, g = jax.value_and_grad(f)([jnp.asarray(leaves[i]) for i in idx])
+        return f
+
+    def value_and_grads(self, key: Any, *args: Any) -> tuple[jax.Array, tuple[Any, ...]]:
+        """``(estimate, gradients)`` with the gradients in the structure of ``args`` (``None`` leaves where no
+        parameter stands, ``ppl.fixed`` nodes kept): what ``fit`` consumes."""
+        leaves, tree, idx = self._parameters(args)
+        value, g = jax.value_and_grad(self._with(key, leaves, tree, idx))([jnp.asarray(leaves[i]) for i in idx])
         grads: list[Any] = [None] * len(leaves)
         for i, gi in zip(idx, g, strict=True):
             grads[i] = gi
-        out = jax.tree_util.tree_unflatten(tree, grads)
+        return value, jax.tree_util.tree_unflatten(tree, grads)
+
+    def value_and_grad_estimate(self, key: Any, *args: Any) -> tuple[jax.Array, Any]:
+        """``(estimate, gradient estimate)`` from one run of the program (``None`` for every non-parameter)."""
+        value, out = self.value_and_grads(key, *args)
+        out = unwrap(out)
         return value, (out[0] if len(args) == 1 else out)
 
     def grad_estimate(self, key: Any, *args: Any) -> Any:
-        """An unbiased estimate of the gradient of ``E[f]`` with respect to the arguments."""
+        """An unbiased estimate of the gradient of ``E[f]`` with respect to the arguments' parameters."""
         return self.value_and_grad_estimate(key, *args)[1]
 
     def jvp_estimate(self, key: Any, primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[Any, Any]:
-        """``(estimate, directional derivative estimate)`` along ``tangents`` (forward mode)."""
-        return jax.jvp(lambda *a: self.surrogate(key, *a), tuple(primals), tuple(tangents))
+        """``(estimate, directional derivative estimate)`` along ``tangents`` (forward mode; ``tangents`` has the
+        structure of ``primals``, and only its entries at parameters are used)."""
+        leaves, tree, idx = self._parameters(tuple(primals))
+        t = tree.flatten_up_to(tuple(tangents))
+        return jax.jvp(
+            self._with(key, leaves, tree, idx),
+            ([jnp.asarray(leaves[i]) for i in idx],),
+            ([jnp.asarray(t[i], jnp.result_type(leaves[i])) for i in idx],),
+        )
 
 
 def expectation(fn: Callable[..., Any]) -> Expectation:
