@@ -8,6 +8,7 @@ ADEV compiles an objective into one plain JAX function that estimates its value 
 from . import lang
 from .core.interpreter import PPLError
 from .core.lanes import vmap
+from .core.params import fixed
 from .core.plates import plate
 from .core.primitives import add_cost, factor, sample, scope
 from .gradients import (
@@ -39,6 +40,7 @@ __all__ = [
     "add_cost",
     "scope",
     "plate",
+    "fixed",
     "gen",
     "GenFn",
     "Trace",

@@ -212,23 +212,39 @@ def test_nonfinite_steps_are_skipped_and_counted():
 # ---------------------------------------------------------------------------------------------- arguments
 
 
-def test_only_float_array_leaves_are_trained():
+def test_the_parameter_rule():
+    # parameters: float arrays and Python floats outside ppl.fixed; ints and integer arrays are constants
     @ppl.expectation
     def obj(p, n, scale, data):
         x = ppl.sample("x", dist.Normal(p["w"], 1.0))
         return -jnp.sum((x * scale - data[:n]) ** 2) + 0.0 * p["count"]
 
     data = jnp.array([1.0, 2.0, 3.0])
-    args = ({"w": jnp.zeros(2), "count": jnp.array(3)}, 2, 1.5, data)
-    res = fit(
-        obj, args, optimizer=optax.adam(0.1), num_steps=30, key=0, progress=False, trainable=(True, True, True, False)
-    )
+    args = ({"w": jnp.zeros(2), "count": jnp.array(3)}, 2, 1.5, ppl.fixed(data))
+    res = fit(obj, args, optimizer=optax.adam(0.1), num_steps=30, key=0, progress=False)
     p, n, scale, d = res.args
     assert not np.array_equal(p["w"], jnp.zeros(2))  # trained
-    assert p["count"].dtype == jnp.int32 and int(p["count"]) == 3 and n == 2 and scale == 1.5  # passed through
-    assert d is data or np.array_equal(d, data)  # frozen by trainable=
-    res2 = fit(obj, args, optimizer=optax.adam(0.1), num_steps=30, key=0, progress=False)
-    assert not np.array_equal(res2.args[3], data)  # float data in args is trained unless frozen
+    assert p["count"].dtype == jnp.int32 and int(p["count"]) == 3 and n == 2  # constants pass through
+    assert isinstance(scale, jax.Array) and float(scale) != 1.5  # a Python float is a parameter: trained
+    assert isinstance(d, ppl.fixed(0.0).__class__) and np.array_equal(d.value, data)  # fixed data is never trained
+    assert res.trained == "p['w'] (2,), scale () — 3 numbers"
+    frozen = fit(
+        obj, args, optimizer=optax.adam(0.1), num_steps=30, key=0, progress=False, trainable=(True,) * 2 + (False, True)
+    )
+    assert frozen.args[2] == 1.5 and frozen.trained == "p['w'] (2,) — 2 numbers"  # trainable= freezes on top
+    g = obj.grad_estimate(jax.random.key(0), *args)  # the same rule in grad_estimate
+    assert g[0]["count"] is None and g[1] is None and g[2] is not None and g[3] is None
+
+
+def test_fit_prints_what_it_trains(capsys, monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+
+    @ppl.expectation
+    def obj(theta, y):
+        return -jnp.sum((ppl.sample("x", dist.Normal(theta, 1.0)) - y) ** 2)
+
+    fit(obj, (jnp.zeros(3), ppl.fixed(1.0)), optimizer=optax.adam(0.1), num_steps=2, key=0)
+    assert "fit: training theta (3,) — 3 numbers" in capsys.readouterr().out
 
 
 def test_nothing_to_train_and_bad_arguments():
@@ -237,7 +253,7 @@ def test_nothing_to_train_and_bad_arguments():
         return ppl.sample("x", dist.Normal(theta, 1.0))
 
     with pytest.raises(ValueError, match="nothing to train"):
-        fit(obj, (0.5,), optimizer=optax.adam(0.1), num_steps=3, key=0, progress=False)
+        fit(obj, (ppl.fixed(0.5),), optimizer=optax.adam(0.1), num_steps=3, key=0, progress=False)
     with pytest.raises(TypeError, match="optax"):
         fit(obj, (jnp.array(0.5),), optimizer=None, num_steps=3, key=0, progress=False)
     with pytest.raises(ValueError, match="num_particles"):

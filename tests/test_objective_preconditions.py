@@ -93,6 +93,14 @@ def test_unhelpful_errors_now_name_the_address_and_the_fix():
 def test_grad_estimate_with_nothing_to_differentiate_is_an_error():
     # was: grad_estimate(key, 1) returned None
     f = ppl.expectation(lambda t: ppl.sample("x", dist.Normal(t, 1.0)))
-    with pytest.raises(ppl.PPLError, match=r"no floating-point argument to differentiate \(got int 1\).*1\.0"):
+    with pytest.raises(ppl.PPLError, match=r"no parameter to differentiate \(got int 1\).*ppl.fixed.*1\.0"):
         f.grad_estimate(KEY, 1)
+    with pytest.raises(ppl.PPLError, match=r"no parameter to differentiate"):
+        f.grad_estimate(KEY, ppl.fixed(1.0))
     np.testing.assert_allclose(f.grad_estimate(KEY, 1.0), 1.0)
+
+
+def test_a_leaf_the_parameter_rule_cannot_classify_is_an_error_naming_it():
+    f = ppl.expectation(lambda t, extra: ppl.sample("x", dist.Normal(t, 1.0)))
+    with pytest.raises(ppl.PPLError, match=r"args\[1\]\['s'\] is a set.*ppl.fixed"):
+        f.grad_estimate(KEY, 1.0, {"s": {1, 2}})

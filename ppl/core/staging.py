@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from .._jax_internals import ClosedJaxpr
+from .params import unwrap
 
 
 def is_dynamic(x: Any) -> bool:
@@ -49,10 +50,11 @@ class ArgSplit:
         return ArgSplit(treedef, static, dyn_idx), [leaves[i] for i in dyn_idx]
 
     def merge(self, dynamic: list[Any]) -> Any:
+        """The arguments again, as the program sees them (``ppl.fixed(x)`` is ``x``)."""
         leaves = list(self.static)
         for i, x in zip(self.dynamic_index, dynamic, strict=True):
             leaves[i] = x
-        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+        return unwrap(jax.tree_util.tree_unflatten(self.treedef, leaves))
 
 
 class Staged:

@@ -40,7 +40,6 @@ Sharp edges:
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import statistics
@@ -53,6 +52,7 @@ import jax
 import numpy as np
 
 from .._jax_internals import subjaxprs
+from ..core.params import argument_names
 from ..core.primitives import sample_p
 from ..core.strategy import Strategy
 from ..transforms.strategy_rewrite import with_strategies
@@ -184,16 +184,6 @@ def _describe(mapping: Mapping[str, Strategy]) -> str:
     return ", ".join(f"{pat}={s!r}[{_calls(s)}]" for pat, s in mapping.items())
 
 
-def _arg_names(objective: Any, n: int) -> list[str]:
-    """The objective's positional parameter names (``guide_args``...), or ``args[i]`` where unknown."""
-    try:
-        params = list(inspect.signature(getattr(objective, "fn", objective)).parameters.values())
-    except (TypeError, ValueError):
-        params = []
-    pos = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return pos[:n] if len(pos) >= n else [f"args[{i}]" for i in range(n)]
-
-
 def _component_names(grads: tuple[Any, ...], arg_names: list[str]) -> tuple[list[str], list[np.ndarray]]:
     names, cols = [], []
     for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
@@ -281,7 +271,7 @@ def compare_estimators(
             e.add_note(f"(in compare_estimators, strategy assignment {name!r}: {_describe(mapping)})")
             raise
         grads = (grads,) if len(args_t) == 1 else grads
-        names, cols = _component_names(grads, _arg_names(objective, len(args_t)))
+        names, cols = _component_names(grads, argument_names(objective, len(args_t)))
         if not cols:
             raise ValueError("compare_estimators: the objective has no floating-point argument to differentiate")
         components = components or tuple(names)

@@ -17,12 +17,14 @@ history are updated between chunks.
 >>> bool(abs(res.args[0] - 3.0) < 0.2), res.values.shape, res.num_skipped
 (True, (300,), 0)
 
-What is trained: the floating-point *array* leaves (JAX or NumPy) of ``args`` — the equinox convention
-(``eqx.is_inexact_array``); every other leaf (integer arrays, Python numbers, strings, functions) passes through
-unchanged. ``trainable=`` (a pytree prefix of booleans, like ``optax.masked``'s mask) freezes parts of ``args``, e.g.
-``trainable=(False, True)`` trains only the guide's arguments of ``(model_args, guide_args)``. The optimizer sees
-the parameters in the structure of ``args`` with ``None`` in place of frozen leaves (as with
-``eqx.filter(model, eqx.is_inexact_array)``), so ``optax.multi_transform`` labels and masks can follow ``args``.
+What is trained: the parameters of ``args`` by the one rule of :mod:`ppl.core.params` — float arrays and Python
+floats, outside ``ppl.fixed(...)`` (trained Python floats come back as arrays); every other leaf (ints, integer
+arrays, strings, functions, fixed data) passes through unchanged. ``fit`` prints what it trains when it starts (and
+``FitResult.trained`` says it). ``trainable=`` (a pytree prefix of booleans, like ``optax.masked``'s mask) freezes
+parts of ``args``, e.g. ``trainable=(False, True)`` trains only the guide's arguments of ``(model_args,
+guide_args)``. The optimizer sees the parameters in the structure of ``args`` with ``None`` in place of frozen
+leaves (as with ``eqx.filter(model, eqx.is_inexact_array)``), so ``optax.multi_transform`` labels and masks can
+follow ``args``.
 
 Keys: step ``i`` uses ``jax.random.fold_in(key, i)`` (split ``num_particles`` ways), whatever the chunking, so a run
 resumed from a checkpoint at step ``s`` is bit-identical to an uninterrupted one.
@@ -34,8 +36,8 @@ with ``jax.jit`` shardings (``ppl.workflow.sharding``; docs/multi_device.md); es
 the same keys. ``lower_fit`` gives the compiled step for inspection.
 
 Sharp edges:
-    * A Python float (``0.0``) in ``args`` is a constant, not a parameter: write ``jnp.asarray(0.0)``. Float data
-      passed in ``args`` *is* trained unless frozen with ``trainable=``. A run with nothing to train is an error.
+    * Float data passed in ``args`` would be a parameter: pass observations as the objective's data (or ``data=``),
+      or wrap the argument in ``ppl.fixed(x)``. A run with nothing to train is an error.
     * A step is skipped — parameters and optimizer state kept — when the estimate, the gradient or the updated
       parameters are non-finite; ``FitResult.num_skipped`` counts them and ``FitResult.skipped`` says which.
       ``values`` keeps the (non-finite) estimate of a skipped step.
@@ -63,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ..core.params import argument_names, fixed, parameter_mask, trained_summary
 from .sharding import Layout, check_data, make_layout, minibatch, processes_agree, processes_sync
 
 CHECKPOINT_FILE = "fit_checkpoint.npz"
@@ -70,11 +73,6 @@ _FORMAT = 1
 
 
 # ---------------------------------------------------------------------------------------------- arguments
-
-
-def is_trainable_leaf(x: Any) -> bool:
-    """A floating-point (or complex) JAX or NumPy array: the leaves ``fit`` trains."""
-    return isinstance(x, jax.Array | np.ndarray | np.generic) and jnp.issubdtype(x.dtype, jnp.inexact)
 
 
 def _is_array(x: Any) -> bool:
@@ -94,7 +92,7 @@ class Partition:
     def of(args: tuple[Any, ...], trainable: Any = None) -> Partition:
         leaves, treedef = jax.tree_util.tree_flatten(args)
         mask = [True] * len(leaves) if trainable is None else _broadcast_mask(trainable, args, treedef)
-        train = tuple(i for i, x in enumerate(leaves) if mask[i] and is_trainable_leaf(x))
+        train = tuple(i for i, p in enumerate(parameter_mask(args)) if mask[i] and p)
         frozen = tuple(i for i, x in enumerate(leaves) if i not in train and _is_array(x))
         return Partition(treedef, tuple(leaves), train, frozen)
 
@@ -112,6 +110,10 @@ class Partition:
         """The trained positions of a tree in the structure of ``args`` (``None`` leaves allowed elsewhere)."""
         flat = self.treedef.flatten_up_to(tree)
         return [flat[i] for i in self.train]
+
+    def summary(self, names: list[str] | None = None) -> str:
+        mask = [i in self.train for i in range(len(self.leaves))]
+        return trained_summary(jax.tree_util.tree_unflatten(self.treedef, self.leaves), mask, names)
 
     def frozen_leaves(self) -> list[Any]:
         return [self.leaves[i] for i in self.frozen]
@@ -153,7 +155,8 @@ class FitResult:
     ``args``: the trained arguments (same structure as given); ``values``: the estimate at each step (shape
     ``(steps,)``); ``skipped``: which steps were skipped as non-finite; ``num_skipped``; ``opt_state``: the final
     optimizer state; ``steps``: the number of steps taken in all (including steps resumed from a checkpoint);
-    ``resumed_from``: the step a checkpoint resumed from (0 for a fresh run); ``wall_time``: seconds in this call.
+    ``resumed_from``: the step a checkpoint resumed from (0 for a fresh run); ``wall_time``: seconds in this call;
+    ``trained``: which leaves were trained (paths and shapes, as printed at the start).
     """
 
     args: Any
@@ -164,6 +167,7 @@ class FitResult:
     steps: int
     resumed_from: int = 0
     wall_time: float = field(default=0.0, compare=False)
+    trained: str = field(default="", compare=False)
 
     def running_value(self, window: int = 100) -> float:
         """Mean of the finite estimates over the last ``window`` steps (a less noisy final objective value)."""
@@ -180,6 +184,14 @@ class FitResult:
 
 
 # ---------------------------------------------------------------------------------------------- the step
+
+
+def _value_and_grads(objective: Any, key: Any, *args: Any) -> tuple[Any, tuple[Any, ...]]:
+    """Gradients in the structure of ``args`` (an ``Expectation``'s own form; else ``value_and_grad_estimate``'s)."""
+    if hasattr(objective, "value_and_grads"):
+        return objective.value_and_grads(key, *args)
+    value, grads = objective.value_and_grad_estimate(key, *args)
+    return value, ((grads,) if len(args) == 1 else grads)
 
 
 def _finite(tree: Any) -> jax.Array:
@@ -201,12 +213,11 @@ def _make_chunk(
 
     def estimate(k, params, frozen, batch):
         args = part.merge(params, frozen)
-        if with_data:  # the minibatch is the objective's extra argument; its gradient is dropped (dead code in XLA)
-            value, grads = objective.value_and_grad_estimate(k, *args, batch)
+        if with_data:  # the minibatch is the objective's extra argument, fixed (never differentiated)
+            value, grads = _value_and_grads(objective, k, *args, fixed(batch))
             grads = grads[:-1]
         else:
-            value, grads = objective.value_and_grad_estimate(k, *args)
-            grads = (grads,) if len(args) == 1 else grads
+            value, grads = _value_and_grads(objective, k, *args)
         pairs = zip(part.train_leaves(grads), part.train_leaves(params), strict=True)
         g = [jnp.zeros_like(p) if x is None else x for x, p in pairs]
         return value, part.tree(g)
@@ -334,8 +345,8 @@ def _setup(objective, args_t, optimizer, key, num_particles, trainable, devices,
     part = Partition.of(args_t, trainable)
     if not part.train:
         raise ValueError(
-            "fit: nothing to train: no floating-point array leaf in args (a Python float is a constant; write "
-            "jnp.asarray(0.0) for a parameter)"
+            "fit: nothing to train: args has no parameter (a float leaf outside ppl.fixed; ints and integer arrays "
+            "are constants) left by trainable= — write 0.0 or jnp.asarray(0.0), not 0"
         )
     num_rows = check_data(data, batch_size)
     layout = make_layout(devices, num_particles, batch_size or num_rows)
@@ -378,7 +389,8 @@ def fit(
     Args:
         objective: an :class:`~ppl.Expectation` (anything with ``value_and_grad_estimate(key, *args)``).
         args: the tuple of the objective's positional arguments, e.g. ``(model_args, guide_args)`` (a non-tuple is
-            its one argument, and ``FitResult.args`` is then bare too). Floating-point array leaves are trained.
+            its one argument, and ``FitResult.args`` is then bare too). Its parameters (:mod:`ppl.core.params`) are
+            trained.
         optimizer: an optax gradient transformation (``optax.adam(1e-2)``); it minimizes the negated objective.
         num_steps: total number of steps (a resumed run continues up to it).
         key: a JAX key (or an int seed); step ``i`` uses ``fold_in(key, i)``.
@@ -427,6 +439,9 @@ def fit(
         processes_agree(start, f"fit: the processes found the checkpoint {path} at different steps (not shared?)")
 
     quiet = not progress or bool(os.environ.get("CI")) or not writer
+    trained = st.part.summary(argument_names(objective, len(args_t)))
+    if not quiet:
+        print(f"fit: training {trained}", flush=True)
     bar = _progress(num_steps, start, getattr(objective, "__name__", "fit"), quiet)
     step = start
     try:
@@ -461,6 +476,7 @@ def fit(
         steps=num_steps,
         resumed_from=start,
         wall_time=time.perf_counter() - t0,
+        trained=trained,
     )
 
 
