@@ -88,6 +88,7 @@ class State:
     path: tuple[int, ...] = ()  # static: the enclosing equations (and cond branches) down to here
     index: tuple[Any, ...] = ()  # traced: the lane / iteration index of each enclosing map / scan
     requests: dict[Any, Any] = field(default_factory=dict)  # per-site outputs stacked like choices (ADEV)
+    scored: frozenset[str] = frozenset()  # static: addresses drawn by a score-type strategy in this block (ADEV)
 
     def next_key(self) -> tuple[Any, State]:
         """A fresh key for a site or block, and the state after it."""

@@ -180,8 +180,9 @@ def _map_abstract_eval(*avals, body, size, in_axes):
 
 sample_p = new_primitive("sample", _sample_abstract_eval, _outside("sample"), multiple_results=False)
 factor_p = new_primitive("factor", lambda w, plate=None: [], _outside("factor"))
-cost_p = new_primitive("cost", lambda c, plate=None: [], _outside("add_cost"))
-"""``factor_p``/``cost_p``: a log weight / a cost — a scalar, or with ``plate`` one value per lane of that plate."""
+cost_p = new_primitive("cost", lambda c, plate=None, own=None: [], _outside("add_cost"))
+"""``factor_p``/``cost_p``: a log weight / a cost — a scalar, or with ``plate`` one value per lane of that plate.
+``cost_p``'s ``own``: the address whose log density (at its drawn value) the cost is (``sim(..., cost=)``)."""
 map_p = new_primitive("ppl_map", _map_abstract_eval, _outside("vmap"))
 """``map_p``: ``size`` lanes of the per-lane program ``body`` (a ``ClosedJaxpr``), operands mapped along ``in_axes``
 (``None``: shared by all lanes); every output gets the lane axis in front. Each lane is its own execution: the

@@ -21,7 +21,9 @@ small immutable value (a pytree: a baseline may be a traced array) with
   continuation ``k`` (:func:`coupled_estimate`, or the
   strategy's own ``jvp_estimate``); sites in map lanes and loop bodies re-run the program from the map or loop with
   that one value replaced (``ppl.transforms.adev``);
-* ``unbiased`` (default ``True``; ``detach`` is the one biased strategy);
+* ``unbiased`` (default ``True``; ``detach`` is the one biased strategy); ``pathwise`` (``True`` for reparam and
+  implicit_reparam: the value carries the derivative; for the others, the site's own log density at the drawn value
+  has a zero-mean derivative, which the ELBO's per-site terms leave out);
 * registration: ``register(name, value)`` puts it in :data:`STRATEGIES`, which the language and error messages read.
 
 A *surrogate* is a scalar whose value is the estimate and whose derivative (``jax.jvp`` / ``jax.grad``) is the
@@ -59,6 +61,7 @@ class Strategy:
     name: ClassVar[str] = "strategy"
     calls: ClassVar[str] = "1"  # continuation calls ("1": state passing; anything else: needs the continuation)
     unbiased: ClassVar[bool] = True  # does it estimate the derivative without bias (detach does not)?
+    pathwise: ClassVar[bool] = False  # is the value's derivative the estimate (reparam), not a score term?
 
     @property
     def multi_call(self) -> bool:

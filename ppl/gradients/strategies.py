@@ -75,6 +75,7 @@ class Reparam(_Base):
     """Pathwise derivative through the distribution's reparameterized sampler. Calls: 1."""
 
     name = "reparam"
+    pathwise = True
 
     def check(self, d, addr, lanes=False):
         if not d.has_rsample:
@@ -114,6 +115,7 @@ class ImplicitReparam(_Base):
     implement it. Calls: 1."""
 
     name = "implicit_reparam"
+    pathwise = True
 
     def check(self, d, addr, lanes=False):
         if not isinstance(d, _IMPLICIT):

@@ -80,6 +80,7 @@ def _adev_sample(interp, state, eqn, invals):
         )
     s.check(d, site.addr, lanes=bool(site.plates))
     dtype = eqn.outvars[0].aval.dtype
+    state = _mark_scored(state, s, site.addr)
     if s.multi_call:  # in a map lane or a loop body: sample, and ask the enclosing map / loop for the correction
         x, c0, values, coeffs = s.couple(key, d)
         sid = state.path + (id(eqn),)
@@ -103,7 +104,7 @@ def _adev_sample_cps(interp, state, eqn, invals, k):
     key, state = state.next_key()
     d, s = site.dist(), site.strategy()
     dtype = eqn.outvars[0].aval.dtype
-    acc, rest = state.carry["acc"], replace(state, carry={**state.carry, "acc": zero()})
+    acc, rest = state.carry["acc"], replace(_mark_scored(state, s, site.addr), carry={**state.carry, "acc": zero()})
     if site.plates:
         lanes, other = _plated_estimate(interp, eqn, site, key, d, s, rest, k)
         return (lanes, acc + other) if interp.collect else acc + other + jnp.sum(lanes)
@@ -180,14 +181,12 @@ _S, _C = "S@", "C@"  # carry entries: a plate's per-lane scores; a re-run's per-
 
 
 def _score(state, plate=None):
-    """The score that multiplies a term of ``plate``'s lane (a ``(lanes,)`` vector) or, for ``None``, a term outside
-    every plate: the scores outside plates, of other plates' lanes (all), and of the term's own lane."""
-    s = state.carry["S"]
-    for name, v in state.carry.items():
-        if name.startswith(_S) and (plate is None or name != _S + plate.name):
-            s = s + jnp.sum(v)
+    """The score that multiplies a term: outside every plate ``S``; in lane ``i`` of ``plate`` (a ``(lanes,)``
+    vector) ``S + S@plate[i]``. ``S@P`` holds only the scores of plated sites whose values stay in their lanes
+    (:func:`ppl.core.plates.plated_sites`), so they reach no term outside their plate, nor another lane: leaving
+    their scores out there drops only zero-mean terms (``TraceGraph_ELBO``'s "not downstream")."""
     own = None if plate is None else state.carry.get(_S + plate.name)
-    return s if own is None else s + own
+    return state.carry["S"] if own is None else state.carry["S"] + own
 
 
 def _block_cps(rule):
@@ -237,9 +236,15 @@ def _block_cps(rule):
     return cps
 
 
+def _mark_scored(state, s, addr):
+    return state if s.pathwise else replace(state, scored=state.scored | {addr})
+
+
 def _adev_cost(interp, state, eqn, invals):
-    plate = eqn.params.get("plate")
-    term = weighted(invals[0], _score(state, plate))
+    plate, c = eqn.params.get("plate"), invals[0]
+    if eqn.params.get("own") in state.scored:  # log q of a site drawn without a pathwise derivative: its direct
+        c = sg(c)  # derivative has mean zero given the draw (E[∇ log q] = 0); leaving it out lowers the variance
+    term = weighted(c, _score(state, plate))
     if plate is not None and interp.collect == plate.name:
         return [], state.add(_C + plate.name, term)
     return [], state.add("acc", jnp.sum(term))
@@ -399,7 +404,13 @@ class Expectation:
         """``(estimate, directional derivative estimate)`` along ``tangents`` (forward mode; ``tangents`` has the
         structure of ``primals``, and only its entries at parameters are used)."""
         leaves, tree, idx = self._parameters(tuple(primals))
-        t = tree.flatten_up_to(tuple(tangents))
+        if len(tangents) != len(primals):
+            raise ValueError(f"{self.__name__}.jvp_estimate: {len(tangents)} tangents for {len(primals)} primals")
+        t: list[Any] = []  # an argument without parameters may have any tangent (it is not used)
+        for a, ta in zip(primals, tangents, strict=True):
+            n = len(jax.tree_util.tree_leaves(a))
+            has = any(parameter_mask(a))
+            t += jax.tree_util.tree_structure(a).flatten_up_to(ta) if has else [None] * n
         return jax.jvp(
             self._with(key, leaves, tree, idx),
             ([jnp.asarray(leaves[i]) for i in idx],),

@@ -98,10 +98,11 @@ def _tracing_sample(interp, state, eqn, invals):
             x = sample_p.bind(*invals, **eqn.params)
         lp = site.log_prob(x)
     if interp.cost:  # the site's log density, as a term of the enclosing expectation (per lane in a plate)
+        own = site.addr if not interp.draw and site.addr not in interp.constraints else None  # a drawn guide site
         if site.plates:
-            cost_p.bind(interp.cost * site.lane_log_prob(x), plate=site.plates[0])
+            cost_p.bind(interp.cost * site.lane_log_prob(x), plate=site.plates[0], own=own)
         else:
-            cost_p.bind(interp.cost * lp, plate=None)
+            cost_p.bind(interp.cost * lp, plate=None, own=own)
     return [x], state.add("score", lp).record(site.addr, x)
 
 
