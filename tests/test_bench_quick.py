@@ -74,3 +74,9 @@ def test_discrete_tiny() -> None:
     assert "What a user hits" in out and "StrategyError" in out, out
     # inside lax.scan and under jax.vmap / ppl.vmap every strategy now works (was PPLError)
     assert "PPLError" not in out, out
+    # the plated section: ppl.plate vs NumPyro's plate-aware estimators, unbiased against the closed form
+    assert "Plated mixture" in out, out
+    plated = [r for r in table_rows(out, "ppl enum") + table_rows(out, "ppl reinforce") if len(r) == 8]
+    assert len(plated) == 2, out
+    for r in plated:
+        assert float(r[6]) < 2.0 and float(r[7]) < 5.5, f"plated {r[0]}: mean z² = {r[6]}, max |z| = {r[7]}"
