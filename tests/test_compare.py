@@ -188,3 +188,76 @@ def test_a_biased_assignment_is_never_the_reference_or_best():
     assert forced.reference == "reinforce"
     with pytest.raises(ValueError, match=r"reference='nope' is not an assignment"):
         compare_estimators(f, (jnp.array(0.5),), key=jax.random.key(0), strategies=strategies, reference="nope")
+
+
+# ---------------------------------------------------------------------------------------------- hand-coded rows
+
+
+def _coin():
+    import numpyro
+
+    x = jnp.array(1.3)
+
+    def model(x):
+        z = numpyro.sample("z", dist.Bernoulli(0.4))
+        numpyro.sample("x", dist.Normal(2.0 * z, 1.0), obs=x)
+
+    def guide(x):
+        numpyro.sample("z", dist.Bernoulli(logits=numpyro.param("phi", -0.5)))
+
+    data = ppl.fixed(x)
+    return model, guide, (({}, data), ({"phi": jnp.asarray(-0.5)}, data))
+
+
+def test_hand_coded_rows_are_bias_checked_like_any_row():
+    from numpyro.infer import Trace_ELBO, TraceGraph_ELBO
+
+    from ppl.interop import numpyro_estimator
+
+    model, guide, args = _coin()
+    obj = ppl.elbo(ppl.from_numpyro(model), ppl.from_numpyro(guide), {})
+
+    def exact(key, model_args, guide_args):  # the enumerated ELBO by hand: a plain JAX row
+        def f(phi):
+            q1 = jax.nn.sigmoid(phi)
+            lp = lambda z: jnp.log(jnp.where(z, 0.4, 0.6)) + dist.Normal(2.0 * z, 1.0).log_prob(1.3)  # noqa: E731
+            return q1 * (lp(1.0) - jnp.log(q1)) + (1 - q1) * (lp(0.0) - jnp.log1p(-q1))
+
+        v, g = jax.value_and_grad(f)(guide_args[0]["phi"])
+        return v, (({}, None), ({"phi": g}, None))
+
+    cmp = ppl.compare_estimators(
+        obj,
+        args,
+        strategies={"reinforce": {"z": ppl.reinforce}},
+        hand_coded={
+            "by hand, exact": exact,
+            "numpyro Trace_ELBO": numpyro_estimator(model, guide, Trace_ELBO()),
+            "numpyro TraceGraph_ELBO": numpyro_estimator(model, guide, TraceGraph_ELBO()),
+        },
+        reference="by hand, exact",
+        key=0,
+        num_samples=4000,
+    )
+    assert cmp.reference == "by hand, exact" and cmp["by hand, exact"]["total_variance"] == 0.0
+    assert cmp["reinforce"]["max_abs_z"] < 4 and cmp["numpyro TraceGraph_ELBO"]["max_abs_z"] < 4
+    # NumPyro's Trace_ELBO drops the score term of the discrete site: flagged, never best
+    assert cmp["numpyro Trace_ELBO"]["max_abs_z"] > 10 and cmp["numpyro Trace_ELBO"]["biased"]
+    assert "(flagged)" in str(cmp) and "hand-coded" in str(cmp)
+    assert cmp.best != "numpyro Trace_ELBO"
+    # without reference=, a hand-coded row is never the reference
+    cmp2 = ppl.compare_estimators(
+        obj, args, strategies={"reinforce": {"z": ppl.reinforce}}, hand_coded={"exact": exact}, key=0, num_samples=100
+    )
+    assert cmp2.reference == "reinforce"
+
+
+def test_a_hand_coded_row_with_other_components_is_an_error():
+    model, guide, args = _coin()
+    obj = ppl.elbo(ppl.from_numpyro(model), ppl.from_numpyro(guide), {})
+
+    def wrong(key, model_args, guide_args):
+        return 0.0, (({}, None), ({"phi": 0.0, "other": 0.0}, None))
+
+    with pytest.raises(ValueError, match="hand-coded row 'wrong'.*components"):
+        ppl.compare_estimators(obj, args, strategies={"r": ppl.reinforce}, hand_coded={"wrong": wrong}, key=0)

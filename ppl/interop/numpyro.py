@@ -91,13 +91,14 @@ from numpyro.primitives import Messenger
 from ..core import distributions as _dists
 from ..core.distributions import Subsample
 from ..core.interpreter import PPLError
+from ..core.params import unwrap
 from ..core.primitives import PlateSpec, _prefix, bind_sample, bind_weight, factor_p
 from ..core.primitives import factor as ppl_factor
 from ..core.primitives import sample as ppl_sample
 from ..gradients.strategies import enum
 from ..transforms.tracing import GenFn
 
-__all__ = ["from_numpyro", "NumPyroGenFn", "Subsample"]
+__all__ = ["from_numpyro", "NumPyroGenFn", "Subsample", "numpyro_estimator"]
 
 
 # ---------------------------------------------------------------------------------------------- subsample indices
@@ -286,8 +287,11 @@ class NumPyroGenFn(GenFn):
 
     def _constraints(self, who: str, names: Any, args: tuple[Any, ...]) -> dict[str, Any]:
         src = self._src(who)
-        if args and any(n not in src.constraints for n in names):
-            self.init_params(jax.random.key(0), *args)
+        if any(n not in src.constraints for n in names):
+            try:
+                self.init_params(jax.random.key(0), *args)
+            except TypeError:  # the function needs arguments that were not passed: say so below
+                pass
         unknown = [n for n in names if n not in src.constraints]
         if unknown:
             raise PPLError(
@@ -335,3 +339,42 @@ def from_numpyro(fn: Callable[..., Any], *, params: bool = True, return_determin
     if not callable(fn):
         raise TypeError(f"ppl.from_numpyro: expected a NumPyro model or guide (a callable), got {type(fn).__name__}")
     return NumPyroGenFn(_Converted(fn, bool(params), bool(return_deterministic)))
+
+
+def numpyro_estimator(model: Callable[..., Any], guide: Callable[..., Any], loss: Any) -> Callable[..., Any]:
+    """NumPyro's own gradient estimator as a row of ``ppl.compare_estimators(..., hand_coded={name: ...})``.
+
+    ``loss`` is a NumPyro ELBO (``Trace_ELBO()``, ``TraceGraph_ELBO()``, ...). The result is
+    ``estimator(key, model_args, guide_args) -> (ELBO estimate, gradients)`` for the argument layout of
+    ``ppl.elbo(from_numpyro(model), from_numpyro(guide), {})``: ``model_args = (model_params, *args)`` and
+    ``guide_args = (guide_params, *args)`` (the same ``args`` for both, as NumPyro passes them; wrap data in
+    ``ppl.fixed``), parameters unconstrained. The gradients are what ``numpyro.infer.SVI`` computes — ``-jax.grad``
+    of ``loss.loss`` with respect to the parameters, through their constraints — in the structure
+    ``value_and_grad_estimate`` returns.
+
+    >>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist, ppl
+    >>> from numpyro.infer import Trace_ELBO
+    >>> from ppl.interop import numpyro_estimator
+    >>> def model():
+    ...     numpyro.sample("z", dist.Normal(0.0, 1.0))
+    >>> def guide():
+    ...     numpyro.sample("z", dist.Normal(numpyro.param("m", 0.5), 1.0))
+    >>> value, grads = numpyro_estimator(model, guide, Trace_ELBO())(jax.random.key(0), ({},), ({"m": 0.5},))
+    >>> sorted(grads[1][0])
+    ['m']
+    """
+    p, q = from_numpyro(model), from_numpyro(guide)
+
+    def estimator(key: Any, model_args: tuple[Any, ...], guide_args: tuple[Any, ...]) -> tuple[Any, Any]:
+        (pm, *margs), (pg, *gargs) = model_args, guide_args
+        args = [unwrap(a) for a in gargs]
+
+        def elbo(pm, pg):
+            constrained = {**p.constrain_params(pm, *args), **q.constrain_params(pg, *args)}
+            return -loss.loss(key, constrained, model, guide, *args)
+
+        value, (gm, gg) = jax.value_and_grad(elbo, argnums=(0, 1))(pm, pg)
+        rest = lambda a: jax.tree_util.tree_map(lambda _: None, a, is_leaf=lambda x: x is None)  # noqa: E731
+        return value, ((gm, *map(rest, margs)), (gg, *map(rest, gargs)))
+
+    return estimator

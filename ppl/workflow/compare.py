@@ -44,7 +44,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,9 +198,9 @@ def _component_names(grads: tuple[Any, ...], arg_names: list[str]) -> tuple[list
     return names, cols
 
 
-def _measure(obj: Any, keys: jax.Array, dyn: list[Any], merge: Any, repeats: int):
+def _measure(estimator: Any, keys: jax.Array, dyn: list[Any], merge: Any, repeats: int):
     def one(k, d):
-        return obj.value_and_grad_estimate(k, *merge(d))
+        return estimator(k, *merge(d))
 
     t0 = time.perf_counter()
     compiled = jax.jit(jax.vmap(one, (0, None))).lower(keys, dyn).compile()
@@ -224,6 +224,7 @@ def compare_estimators(
     plot: str | os.PathLike[str] | None = None,
     repeats: int = 5,
     reference: str | None = None,
+    hand_coded: Mapping[str, Callable[..., Any]] | None = None,
 ) -> Comparison:
     """Measure the gradient estimators of ``objective`` at ``args`` under several strategy assignments.
 
@@ -239,6 +240,12 @@ def compare_estimators(
             is reported.
         reference: the name of the assignment the others' means are compared with (default: the lowest-variance
             assignment whose strategies are all unbiased).
+        hand_coded: ``{name: estimator}``, rows beside the assignments for estimators written by hand — a plain JAX
+            function ``estimator(key, *args) -> (value, grads)`` with ``grads`` shaped as ``value_and_grad_estimate``
+            returns them (``None`` where no parameter is) — e.g. hand-coded VI or
+            ``ppl.interop.numpyro_estimator(model, guide, TraceGraph_ELBO())``. Same keys, same table and plot,
+            bias-checked against the reference like any row; never the default reference, and "best" only if
+            not flagged.
 
     Returns:
         a :class:`Comparison`: ``print`` it for the table.
@@ -248,8 +255,17 @@ def compare_estimators(
     if not (isinstance(repeats, int) and repeats >= 1):
         raise ValueError(f"compare_estimators: repeats must be a positive int, got {repeats!r}")
     assignments = _assignments(strategies)
-    if reference is not None and reference not in assignments:
-        raise ValueError(f"compare_estimators: reference={reference!r} is not an assignment; have {list(assignments)}")
+    hand = dict(hand_coded or {})
+    for name, f in hand.items():
+        if name in assignments or not callable(f):
+            raise ValueError(
+                f"compare_estimators: hand_coded[{name!r}] must be a callable (key, *args) -> (value, grads) with a "
+                "name no strategy assignment has"
+            )
+    if reference is not None and reference not in assignments and reference not in hand:
+        raise ValueError(
+            f"compare_estimators: reference={reference!r} is not a row; have {list(assignments) + list(hand)}"
+        )
     args_t, bare = as_args(args)
     leaves, treedef = jax.tree_util.tree_flatten(args_t)
     dyn_idx = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array | np.ndarray | np.generic)]
@@ -263,27 +279,36 @@ def compare_estimators(
     dyn = [leaves[i] for i in dyn_idx]
     keys = jax.random.split(as_key(key), num_samples)
     rows, stats, components = [], {}, None
-    for name, mapping in assignments.items():
+    rows_to_run = [(n, m, None) for n, m in assignments.items()] + [(n, {}, f) for n, f in hand.items()]
+    for name, mapping, estimator in rows_to_run:
         obj = with_strategies(objective, mapping) if mapping else objective
         try:
-            (values, grads), compile_time, batch_time = _measure(obj, keys, dyn, merge, repeats)
+            est = obj.value_and_grad_estimate if estimator is None else estimator
+            (values, grads), compile_time, batch_time = _measure(est, keys, dyn, merge, repeats)
         except Exception as e:
-            e.add_note(f"(in compare_estimators, strategy assignment {name!r}: {_describe(mapping)})")
+            what = f"strategy assignment {name!r}: {_describe(mapping)}" if estimator is None else f"row {name!r}"
+            e.add_note(f"(in compare_estimators, {what})")
             raise
         grads = (grads,) if len(args_t) == 1 else grads
         names, cols = _component_names(grads, argument_names(objective, len(args_t)))
         if not cols:
             raise ValueError("compare_estimators: the objective has no floating-point argument to differentiate")
+        if components is not None and tuple(names) != components:
+            raise ValueError(
+                f"compare_estimators: hand-coded row {name!r} gives gradient components {names}, the objective "
+                f"{list(components)}: return grads in the structure value_and_grad_estimate returns"
+            )
         components = components or tuple(names)
         g = np.stack(cols, axis=1)
         var = g.var(axis=0, ddof=1)
         v = np.asarray(values, dtype=np.float64)
         per = batch_time / num_samples
         stats[name] = {"mean": g.mean(axis=0), "stderr": np.sqrt(var / num_samples), "variance": var}
-        biased_at = _biased_sites(obj, tuple(args_t))
+        biased_at = _biased_sites(obj, tuple(args_t)) if estimator is None else []
         rows.append(
             {
                 "name": name,
+                "hand_coded": estimator is not None,
                 "biased": bool(biased_at),
                 "biased_sites": biased_at,
                 "strategies": {p: repr(s) for p, s in mapping.items()},
@@ -298,10 +323,13 @@ def compare_estimators(
                 "num_samples": num_samples,
             }
         )
-    ref = reference or min(_unbiased_rows(rows), key=lambda r: _finite_or_inf(r["total_variance"]))["name"]
+    candidates = [r for r in _unbiased_rows(rows) if not r["hand_coded"]] or _unbiased_rows(rows)
+    ref = reference or min(candidates, key=lambda r: _finite_or_inf(r["total_variance"]))["name"]
     for r in rows:
         r["is_reference"] = r["name"] == ref
         r["max_abs_z"] = _max_z(stats[r["name"]], stats[ref]) if r["name"] != ref else 0.0
+        if r["hand_coded"] and r["max_abs_z"] > Z_FLAG:  # a flagged hand-coded row is not a candidate for best
+            r["biased"] = True
     out = Comparison(getattr(objective, "__name__", "objective"), num_samples, components, tuple(rows), stats)
     if plot is not None:
         out.plot(plot)
@@ -345,9 +373,11 @@ def _table(c: Comparison, max_components: int = 12) -> str:
     for r in c.rows:
         z = "ref" if r["name"] == ref else f"{r['max_abs_z']:.2g}" + (" !" if r["max_abs_z"] > Z_FLAG else "")
         desc = ", ".join(f"{p}={s}[{r['calls'][p]}]" for p, s in r["strategies"].items()) or "as written"
+        desc = "hand-coded" if r["hand_coded"] else desc
+        label = " (biased)" if r["biased"] and not r["hand_coded"] else " (flagged)" if r["biased"] else ""
         body.append(
             [
-                r["name"] + (" *" if r["name"] == best else "") + (" (biased)" if r["biased"] else ""),
+                r["name"] + (" *" if r["name"] == best else "") + label,
                 desc,
                 f"{r['total_variance']:.4g}",
                 _fmt_time(r["time_per_estimate"]),
@@ -360,7 +390,8 @@ def _table(c: Comparison, max_components: int = 12) -> str:
     lines = head + _grid(cols, body, left=2)
     lines.append(
         f"* best: lowest variance × time among unbiased assignments.  max |z|: mean vs {ref!r} in standard errors "
-        f"(! above {Z_FLAG:g}).  (biased): uses a biased strategy (detach)."
+        f"(! above {Z_FLAG:g}).  (biased): uses a biased strategy (detach).  (flagged): a hand-coded row whose mean "
+        "disagrees with the reference."
     )
     bad = [r["name"] for r in c.rows if r["num_nonfinite"]]
     if bad:
