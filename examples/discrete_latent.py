@@ -20,9 +20,10 @@ What the script shows:
    with very different variances and costs;
 3. NumPyro's ``Trace_ELBO`` and ``TraceGraph_ELBO`` on the same problem (also as hand-coded rows of
    ``ppl.compare_estimators``, beside the strategies, same keys, bias-checked against ``enum``), written as a
-   NumPyro model and guide and differentiated exactly as ``numpyro.infer.SVI`` does (``jax.grad`` of ``loss`` with respect to the guide's
-   ``param``). ``Trace_ELBO`` has no score-function term for the non-reparameterizable site ``z``: its gradient
-   is just ``−∂φ log q(z)``, whose expectation is zero whatever ``φ`` — biased, and the z-score column says so.
+   NumPyro model and guide and differentiated exactly as ``numpyro.infer.SVI`` does (``jax.grad`` of ``loss``
+   with respect to the guide's ``param``). ``Trace_ELBO`` has no score-function term for the non-reparameterizable
+   site ``z``: its gradient is just ``−∂φ log q(z)``, whose expectation is zero whatever ``φ`` — biased, and the
+   z-score column says so.
    ``TraceGraph_ELBO`` adds the score-function term and is unbiased (at ``φ ≠ 0``: see the last note printed);
 4. an importance-weighted bound (``ppl.iwae``, K = 3 particles, which are map lanes) with the strategy chosen per
    particle site — ``enum``/``mvd``/``leave_one_out`` on particles are unbiased, checked against the exact IWAE

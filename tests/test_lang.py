@@ -146,7 +146,7 @@ def mixture_plate_py(n=1000):
 
 
 @ppl.gen
-def mixture_plate_q_py(m=jnp.array([-1.0, 0.0, 1.0]), rho=jnp.zeros(3), logits=jnp.zeros((1000, 3)), n=1000):
+def mixture_plate_q_py(m, rho, logits, n):
     ppl.sample("mu", dist.Normal(m, jax.nn.softplus(rho)))
     with ppl.plate("data", n):
         ppl.sample("z", dist.Categorical(logits=logits), strategy=ppl.enum)
