@@ -338,18 +338,17 @@ def test_generate_weight_is_constrained_log_density_plus_factors():
 
 
 def test_observed_value_is_scored_as_given_not_cast_to_the_sample_dtype():
-    """A Bernoulli observed at 0.7 (soft pixels) is scored like NumPyro scores it, not rounded to the int 0 first;
-    the program goes on with a value of the site's own dtype."""
+    """A Bernoulli observed at 0.7 (soft pixels) is scored like NumPyro scores it, not rounded to the int 0 first
+    (the program does not read the observed value; one that does is an error, below)."""
 
     @ppl.gen
     def soft(logit):
-        x = ppl.sample("x", dist.Bernoulli(logits=logit))
-        return x
+        ppl.sample("x", dist.Bernoulli(logits=logit))
 
     for obs in (0.7, jnp.asarray(0.7)):
         tr, w = soft.generate(KEY, {"x": obs}, 0.4)
         np.testing.assert_allclose(w, dist.Bernoulli(logits=0.4).log_prob(0.7), rtol=RTOL)
-        assert tr.retval.dtype == dist.Bernoulli(logits=0.4).sample(KEY).dtype
+        assert tr.choices["x"].dtype == dist.Bernoulli(logits=0.4).sample(KEY).dtype
         np.testing.assert_allclose(soft.assess({"x": obs}, 0.4)[0], w, rtol=RTOL)
     assert not np.isclose(w, dist.Bernoulli(logits=0.4).log_prob(0))
 
@@ -637,3 +636,15 @@ def test_tfp_distributions_at_sites():
     assert len(np.unique(np.asarray(ch["x"]))) == 5
     tr2 = jax.jit(m.simulate, static_argnums=1)(KEY, 5)
     np.testing.assert_allclose(tr2.choices["x"], ch["x"], rtol=RTOL)
+
+
+def test_a_soft_value_of_a_choice_the_program_uses_is_an_error():
+    # validate_args=False: NumPyro scores Bernoulli(0.3) at 0.7; the program would go on with the int 0
+    @ppl.gen
+    def m():
+        z = ppl.sample("z", dist.Bernoulli(0.3, validate_args=False))
+        return 2 * z
+
+    with pytest.raises(ppl.PPLError, match="'z' is given a non-integer value.*integer part.*pass an integer value"):
+        m.assess({"z": jnp.asarray(0.7)})
+    np.testing.assert_allclose(m.assess({"z": jnp.asarray(1.0)})[0], np.log(0.3), rtol=RTOL)  # integral: fine

@@ -33,8 +33,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from .._jax_internals import subjaxprs
+from .._jax_internals import is_tracer, subjaxprs
 from ..core.interpreter import (
     Interpretation,
     PPLError,
@@ -205,6 +206,20 @@ def _check_constraints(jaxpr: Any, given: Mapping[str, Any], who: str, require_a
         missing = sorted(set(avals) - set(given))
         if missing:
             raise PPLError(f"{who}: missing choice(s) {missing}: the program samples them; pass a value for each")
+    soft = [
+        a
+        for a, v in given.items()
+        if jnp.issubdtype(avals[a].dtype, jnp.integer)
+        and not is_tracer(v)
+        and not np.array_equal(np.asarray(v), np.round(np.asarray(v)))
+    ]
+    used = sorted(set(soft) & _used_sites(jaxpr.jaxpr if hasattr(jaxpr, "jaxpr") else jaxpr)) if soft else []
+    if used:
+        raise PPLError(
+            f"{who}: choice {used[0]!r} is given a non-integer value, which its distribution scores as given (a soft "
+            f"value, as NumPyro does), but the program goes on with its integer part ({avals[used[0]].dtype}): pass "
+            "an integer value; soft values are for observed sites whose value the program does not use"
+        )
     for a, v in given.items():
         if tuple(jnp.shape(v)) != tuple(avals[a].shape):
             plates = site_plates(jaxpr.jaxpr if hasattr(jaxpr, "jaxpr") else jaxpr).get(a)
@@ -217,6 +232,18 @@ def _check_constraints(jaxpr: Any, given: Mapping[str, Any], who: str, require_a
                 f"{who}: choice {a!r} has shape {tuple(jnp.shape(v))} but the program's site expects "
                 f"{tuple(avals[a].shape)} ({why})"
             )
+
+
+def _used_sites(jaxpr: Any) -> set[str]:
+    """Addresses whose value the program reads after the site (conservatively: any later use in its block)."""
+    out: set[str] = set()
+    uses = {id(v) for e in jaxpr.eqns for v in e.invars} | {id(v) for v in jaxpr.outvars}
+    for e in jaxpr.eqns:
+        if e.primitive is sample_p and id(e.outvars[0]) in uses:
+            out.add(e.params["addr"])
+        for sub in subjaxprs(e):
+            out |= _used_sites(sub)
+    return out
 
 
 def _initial(key: Any) -> State:
