@@ -101,16 +101,8 @@ def exact_elbo(phi):
 
 
 def elbo(model, guide):
-    """``ppl.elbo`` if this version exports it, else the same three lines (DESIGN.md §4)."""
-    if hasattr(ppl, "elbo"):
-        return ppl.elbo(model, guide, {})
-
-    @ppl.expectation
-    def objective(model_args, guide_args):
-        z, log_q = ppl.sim(guide, *guide_args)
-        return ppl.density(model, z, *model_args) - log_q
-
-    return objective
+    """``ppl.elbo`` with model and guide arguments as tuples and the observations inside the NumPyro model."""
+    return ppl.elbo(model, guide, {})
 
 
 # ---------------------------------------------------------------------------------------------- the three parts

@@ -140,16 +140,8 @@ def exact_mix_elbo(phi):
 
 
 def _elbo(model, guide):
-    """``ppl.elbo`` (model and guide args as tuples); the same three lines by hand if it is not exported yet."""
-    if hasattr(ppl, "elbo"):
-        return ppl.elbo(model, guide, {})
-
-    @ppl.expectation
-    def elbo(model_args, guide_args):
-        z, log_q = ppl.sim(guide, *guide_args)
-        return ppl.density(model, z, *model_args) - log_q
-
-    return elbo
+    """``ppl.elbo`` with model and guide arguments as tuples and the observations inside the NumPyro model."""
+    return ppl.elbo(model, guide, {})
 
 
 def _assert_same_mean(a, b, max_stderr, z=4.0):

@@ -18,11 +18,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import jax.scipy.special as jsp
-import numpy as np
 import numpyro.distributions as nd
 
 from .. import gradients  # noqa: F401  (registers the strategies)
 from ..core.strategy import STRATEGIES, Strategy
+from ..objectives import library
 
 # ---------------------------------------------------------------------------------------------- distributions
 
@@ -144,6 +144,9 @@ LIBRARY_OBJECTIVES: dict[str, tuple[str, ...]] = {
 }
 
 
+LIBRARY_FUNCTIONS: dict[str, Any] = {name: getattr(library, name) for name in LIBRARY_OBJECTIVES}
+
+
 def library_signature(name: str) -> inspect.Signature:
     P = inspect.Parameter
     names = ("model", "guide", *LIBRARY_OBJECTIVES[name])
@@ -156,7 +159,3 @@ def signature(fn: Any) -> inspect.Signature | None:
         return inspect.signature(fn)
     except (TypeError, ValueError):
         return None
-
-
-def is_array_like(x: Any) -> bool:
-    return isinstance(x, jax.Array | np.ndarray | np.generic | int | float | bool)

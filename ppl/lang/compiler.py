@@ -46,7 +46,7 @@ from ..transforms.adev import Expectation
 from ..transforms.strategy_rewrite import with_strategies
 from ..transforms.tracing import GenFn
 from . import ast as A
-from .builtins import LIBRARY_OBJECTIVES, library_signature
+from .builtins import LIBRARY_FUNCTIONS, LIBRARY_OBJECTIVES, library_signature
 from .codegen import FnCompiler
 from .errors import LangCompileError, LangError, did_you_mean
 from .parser import parse
@@ -211,14 +211,7 @@ def _compile_library(ctx: _Ctx, d: A.ObjectiveLib) -> FnInfo:
     info.addresses = {**model.addresses, **guide.addresses}
 
     def build(data: Mapping[str, Any]) -> Expectation:
-        import ppl
-
-        f = getattr(ppl, lib, None)
-        if f is None:
-            raise ctx.error(f"ppl.{lib} is not available in this version of ppl", call.func.pos)
-        obj = f(model.value, guide.value, data, *[x() for x in extras])
-        if type(obj) is not Expectation:  # pragma: no cover - a library objective with its own class: keep it
-            return obj
+        obj = LIBRARY_FUNCTIONS[lib](model.value, guide.value, data, *[x() for x in extras])
         inner = obj.fn
 
         def located(*args: Any) -> Any:  # errors while staging (e.g. data of the wrong shape) point here

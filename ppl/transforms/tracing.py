@@ -1,6 +1,6 @@
 """Tracing and density accumulation: ``seed``, ``simulate``, ``assess``, ``generate``, and ``sim``/``density``.
 
-Three interpretations of a staged model, each a rule table over :func:`ppl.core.interpreter.run`:
+Two interpretations of a staged model, each a rule table over :func:`ppl.core.interpreter.run`:
 
 * :class:`Seed` — each site draws from its distribution with a key derived from the incoming key;
 * :class:`Tracing` — importance: constrained sites read their value and add its log density to the weight, the
