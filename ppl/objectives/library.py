@@ -30,6 +30,8 @@ Sharp edges:
     * A model's subsampled plate (``ppl.plate(..., subsample_size=b)``) whose indices neither the guide nor the data
       provide draws them inside the objective (uniformly, no derivative): an unbiased estimate of the full-data
       objective for ``elbo``; inside the log-mean-exp of ``iwae`` and friends it is a different bound, as in NumPyro.
+    * A guide may declare ``auxiliary`` addresses (``guide.auxiliary``, as the joint ``ppl.auto_*`` families do): they
+      are part of ``log q`` and left out of the choices the model is scored at.
 """
 
 from __future__ import annotations
@@ -80,6 +82,13 @@ def _joint(z: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
     return {**z, **data}
 
 
+def _latents(guide: Any, z: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The guide's choices the model scores: all but the guide's declared ``auxiliary`` addresses (the joint draw of
+    ``ppl.auto_multivariate_normal``: its density is part of ``log q``, the model has no such choice)."""
+    aux = getattr(guide, "auxiliary", ())
+    return {a: v for a, v in z.items() if a not in aux} if aux else z
+
+
 def _subsamples(model: Any, z: Mapping[str, Any], data: Mapping[str, Any], args: tuple[Any, ...]) -> dict[str, Any]:
     """``z`` plus the indices of the model's subsampled plates that neither the guide nor the data provide, drawn
     here (uniform, no parameters: an unbiased estimate of the full-data objective)."""
@@ -127,6 +136,7 @@ def _log_weights(model, guide, data, model_args, guide_args, K):
 
     def particle():
         z, log_q = sim(guide, *guide_args)
+        z = _latents(guide, z)
         return _score(model, _subsamples(model, z, data, model_args), data, *model_args) - log_q
 
     return vmap(particle, axis_size=K)()
@@ -147,8 +157,9 @@ def elbo(
         d, margs, gargs = _resolve(data, obs, model_args, guide_args, guide_inputs)
         if not isinstance(guide, GenFn) and hasattr(guide, "_sim"):  # an estimated density: one term
             z, log_q = sim(guide, *gargs)
-            return _score(model, z, d, *margs) - log_q
+            return _score(model, _latents(guide, z), d, *margs) - log_q
         z, _ = sim(guide, *gargs, cost=-1.0)  # every site's log density is a term (per lane in a plate)
+        z = _latents(guide, z)
         _score(model, _subsamples(model, z, d, margs), d, *margs, cost=1.0)
         return jnp.zeros(())
 
@@ -215,7 +226,7 @@ def vimco(
 
         def particle():
             z, log_q = sim(guide, *gargs)
-            return _score(model, z, d, *margs) - log_q, log_q
+            return _score(model, _latents(guide, z), d, *margs) - log_q, log_q
 
         w, log_q = vmap(particle, axis_size=K)()
         L = logsumexp(w) - jnp.log(K)
@@ -245,8 +256,9 @@ def dreg_iwae(
         fixed_model = jax.tree_util.tree_map(sg, margs)
 
         def particle():
-            z, _ = sim(guide, *gargs)
-            path = _score(model, z, d, *fixed_model) - density(guide, z, *fixed_guide)
+            z_all, _ = sim(guide, *gargs)
+            z = _latents(guide, z_all)
+            path = _score(model, z, d, *fixed_model) - density(guide, z_all, *fixed_guide)
             zs = jax.tree_util.tree_map(sg, z)
             model_term = _score(model, zs, d, *margs)
             return path, model_term
@@ -272,7 +284,7 @@ def p_wake(
 
         def particle():
             z, log_q = sim(guide, *jax.tree_util.tree_map(sg, gargs))
-            return _score(model, z, d, *margs), log_q
+            return _score(model, _latents(guide, z), d, *margs), log_q
 
         log_p, log_q = vmap(particle, axis_size=N)()
         w = sg(log_p - log_q)
@@ -294,7 +306,7 @@ def q_wake(
 
         def particle():
             z, log_q = sim(guide, *gargs)
-            return _score(model, z, d, *jax.tree_util.tree_map(sg, margs)), log_q
+            return _score(model, _latents(guide, z), d, *jax.tree_util.tree_map(sg, margs)), log_q
 
         log_p, log_q = vmap(particle, axis_size=N)()
         wn = jax.nn.softmax(sg(log_p - log_q))
