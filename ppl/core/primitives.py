@@ -3,8 +3,9 @@
 ``ppl.sample(addr, d, strategy)`` binds ``sample_p``. Its operands are the leaves of the distribution ``d`` (NumPyro
 distributions are pytrees) followed by the leaves of the strategy (a baseline may be a traced value); its static
 parameters are the address, a :class:`DistSpec` (the distribution's pytree structure, hashable and printable), a
-:class:`StrategySpec` and the enclosing plates (``ppl.plate``: :class:`PlateSpec`). Nothing is sampled when the primitive is bound: a transformation (``seed``, ``simulate``,
-ADEV, ...) interprets the staged jaxpr and gives the site its meaning.
+:class:`StrategySpec` and the enclosing plates (``ppl.plate``: :class:`PlateSpec`). Nothing is sampled when the
+primitive is bound: a transformation (``seed``, ``simulate``, ADEV, ...) interprets the staged jaxpr and gives the
+site its meaning.
 
 >>> import jax, numpyro.distributions as dist, ppl
 >>> eqn = jax.make_jaxpr(lambda m: ppl.sample("x", dist.Normal(m, 1.0)))(0.0).eqns[-1]
