@@ -25,10 +25,12 @@ from .gradients import (
 )
 from .interop import from_numpyro
 from .objectives import SIR, Marginal, dreg_iwae, elbo, iwae, marginal, p_wake, q_wake, renyi, sir, vimco
+from .objectives.auto import AutoGuide, auto_delta, auto_low_rank_normal, auto_multivariate_normal, auto_normal
 from .transforms.adev import Expectation, SumOver, expectation, sum_over
 from .transforms.strategy_rewrite import with_strategies
 from .transforms.tracing import GenFn, Trace, density, gen, seed, sim
 from .workflow import Comparison, FitResult, compare_estimators, fit
+from .workflow.predictive import Summary, predictive, summary, to_arviz
 
 __version__ = "0.1.0"
 
@@ -73,10 +75,19 @@ __all__ = [
     "sir",
     "Marginal",
     "SIR",
+    "auto_normal",
+    "auto_multivariate_normal",
+    "auto_low_rank_normal",
+    "auto_delta",
+    "AutoGuide",
     "from_numpyro",
     "fit",
     "FitResult",
     "compare_estimators",
     "Comparison",
+    "predictive",
+    "summary",
+    "Summary",
+    "to_arviz",
     "lang",
 ]

@@ -2,13 +2,18 @@
 
     python -m ppl fit FILE.ppl --data DATA.json --steps N [--objective NAME] [--lr 0.05] [--seed 0]
                                [--particles K] [--set fn.param=VALUE ...] [--freeze NAME ...] [--max-skipped F]
-                               [--json]
+                               [--json] [--out FIT.npz] [--plot LOSS.png]
+    python -m ppl sample FILE.ppl --fit FIT.npz [--samples 1000] [--seed 0] [--json]
+    python -m ppl predict FILE.ppl --fit FIT.npz [--data DATA.json] [--samples 1000] [--seed 0] [--json]
     python -m ppl check FILE.ppl
 
 ``fit`` compiles ``FILE.ppl`` with the observed data of ``DATA.json`` (a JSON object: address -> value), takes the
 objective named by ``--objective`` (or the only one), starts from the defaults of the parameters (``guide q(a = 0.0)``;
 ``--set q.a=0.5`` overrides, the value is JSON), trains it with ``ppl.fit`` (Adam) and prints the objective's value
-and the trained parameters. ``--freeze q`` or ``--freeze q.a`` keeps parameters fixed. ``check`` parses and compiles
+and the trained parameters. ``--freeze q`` or ``--freeze q.a`` keeps parameters fixed; ``--out`` saves the fit
+(``FitResult.save``), ``--plot`` draws the objective per step. ``sample`` draws the fitted guide (the posterior) and
+``predict`` the model given those draws (the posterior predictive, next to ``--data``), each printing a table of
+mean, sd and 5 / 50 / 95 % quantiles (``ppl.predictive``, ``ppl.summary``). ``check`` parses and compiles
 the file and lists what it defines. Errors in the program are reported as ``file:line:column`` with the source
 line, never as a traceback; the exit status is 1 for an error in the program or data, 2 for bad usage.
 
@@ -32,6 +37,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from ppl.workflow import cli_support
 
 
 def train(
@@ -149,6 +156,8 @@ def cmd_fit(ns: argparse.Namespace) -> int:
         raise UsageError(f"{ns.file} has no objective {ns.objective!r}; its objectives are {objectives}")
     else:
         name = ns.objective
+    cli_support.check_writable(ns.out, "--out")
+    cli_support.check_writable(ns.plot, "--plot")
     args = prog.init_args(name, _overrides(ns.set))
     names = prog.param_names(name)
     trainable = None
@@ -216,6 +225,16 @@ def cmd_fit(ns: argparse.Namespace) -> int:
         width = max((len(n) for n in flat_names), default=0)
         for n, v, f in zip(flat_names, flat_values, fixed, strict=True):
             print(f"  {n:<{width}} = {_format(v)}{'  (fixed)' if f else ''}")
+    if ns.plot:
+        cli_support.plot_values(values, np.asarray(res.skipped), ns.plot, f"{os.path.basename(ns.file)}: {name}")
+    if ns.out:
+        meta = cli_support.cli_metadata(ns.file, name, names, ns.data, seed=ns.seed, lr=ns.lr, particles=ns.particles)
+        try:
+            res.save(ns.out, metadata=meta)
+        except OSError as e:
+            raise UsageError(f"--out {ns.out}: cannot write the fit: {e.strerror}") from None
+        if not ns.json:
+            print(f"saved the fit to {ns.out}")
     if too_many:
         print(
             f"{ns.file}: error: {skipped} of {ns.steps} steps ({skipped / ns.steps:.0%}) were skipped as "
@@ -225,6 +244,66 @@ def cmd_fit(ns: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _draw(ns: argparse.Namespace, predict: bool) -> int:
+    """``sample`` (the fitted guide's draws) and ``predict`` (the model's draws given them)."""
+    import jax
+
+    import ppl.lang
+    from ppl.lang.errors import LangError
+    from ppl.workflow.predictive import predictive, summary
+
+    if ns.samples < 1:
+        raise UsageError(f"--samples must be at least 1, got {ns.samples}")
+    prog = ppl.lang.load(ns.file)
+    warn = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    ft = cli_support.load_fitted(prog, ns.file, ns.fit, ns.objective, ns.model, ns.guide, warn)
+    observed = {}
+    if predict and ns.data:
+        observed = cli_support.check_observed(_read_json(ns.data, "the data"), prog, ft.model_name, ns.data)
+    try:
+        pred = predictive(
+            ft.model if predict else None,
+            ft.guide,
+            ft.guide_args,
+            model_args=ft.model_args,
+            num_samples=ns.samples,
+            key=jax.random.key(ns.seed),
+        )
+    except (ValueError, TypeError) as e:  # PPLError: located by main; others located here
+        if isinstance(e, LangError):
+            raise
+        raise _located(e, prog) from None
+    group = "posterior_predictive" if predict else "posterior"
+    table = summary(pred[group])
+    if observed:
+        table = cli_support.with_observed(table, pred[group], observed)
+    head = {"objective": ft.objective, "model": ft.model_name, "guide": ft.guide_name, "samples": ns.samples}
+    if ns.json:
+        out = {**head, "seed": ns.seed, "summary": table.to_dict()}
+        if not predict:
+            out["posterior"] = pred["posterior"]
+        print(json.dumps(cli_support.jsonable(out)))
+        return 0
+    base = os.path.basename(ns.file)
+    draws = (
+        f"{ns.samples} draws of guide {ft.guide_name!r} (fit {ns.fit}: objective {ft.objective!r}, {ft.steps} steps)"
+    )
+    if predict:
+        print(f"{base}: posterior predictive of model {ft.model_name!r} given {draws}")
+    else:
+        print(f"{base}: posterior, {draws}")
+    print(table)
+    return 0
+
+
+def cmd_sample(ns: argparse.Namespace) -> int:
+    return _draw(ns, predict=False)
+
+
+def cmd_predict(ns: argparse.Namespace) -> int:
+    return _draw(ns, predict=True)
 
 
 def cmd_check(ns: argparse.Namespace) -> int:
@@ -272,7 +351,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--json", action="store_true", help="print the result as one JSON object")
     f.add_argument("--progress", action="store_true", help="show a progress bar")
+    f.add_argument("--out", metavar="FIT.npz", help="save the fit (FitResult.save) for sample / predict")
+    f.add_argument("--plot", metavar="FILE.png", help="plot the objective estimate per step (matplotlib)")
     f.set_defaults(run=cmd_fit)
+    for cmd, run, what in (
+        ("sample", cmd_sample, "draw the fitted guide (the posterior) and summarize the draws"),
+        ("predict", cmd_predict, "draw the model given the fitted guide's draws (the posterior predictive)"),
+    ):
+        d = sub.add_parser(cmd, help=what)
+        d.add_argument("file", help="the program (.ppl)")
+        d.add_argument("--fit", required=True, metavar="FIT.npz", help="a fit saved by: python -m ppl fit --out")
+        if cmd == "predict":
+            d.add_argument("--data", help="observed data (JSON object), shown next to the predictive summary")
+        d.add_argument("--samples", type=int, default=1000, help="number of draws (default 1000)")
+        d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        d.add_argument("--objective", help="the objective of the fit (default: the one saved with it)")
+        d.add_argument("--model", help="the model (default: the objective's, or the only one)")
+        d.add_argument("--guide", help="the guide (default: the objective's, or the only one)")
+        d.add_argument("--json", action="store_true", help="print the result as one JSON object")
+        d.set_defaults(run=run)
     c = sub.add_parser("check", help="parse and compile a .ppl program, list its definitions")
     c.add_argument("file")
     c.set_defaults(run=cmd_check)
@@ -286,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     try:
         return ns.run(ns)
-    except UsageError as e:
+    except (UsageError, cli_support.CliError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -175,6 +175,21 @@ class FitResult:
         v = v[np.isfinite(v)]
         return float(v.mean()) if v.size else float("nan")
 
+    def save(self, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> None:
+        """Write this result to ``path`` (one ``.npz``; ``metadata``: your own JSON object) — see
+        :mod:`ppl.workflow.results`."""
+        from .results import save
+
+        save(self, path, metadata)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], like: Any = None) -> FitResult:
+        """Read a result written by :meth:`save` (``like``: a template of ``args``, or a ``FitResult``, for
+        structures the file cannot describe) — see :mod:`ppl.workflow.results`."""
+        from .results import load
+
+        return load(path, like=like)
+
     def __repr__(self) -> str:
         resumed = f", resumed_from={self.resumed_from}" if self.resumed_from else ""
         return (
