@@ -186,7 +186,7 @@ def test_a_biased_assignment_is_never_the_reference_or_best():
     forced = compare_estimators(f, (jnp.array(0.5),), key=jax.random.key(0), num_samples=200, strategies=strategies,
                                 repeats=1, reference="reinforce")
     assert forced.reference == "reinforce"
-    with pytest.raises(ValueError, match=r"reference='nope' is not an assignment"):
+    with pytest.raises(ValueError, match=r"reference='nope' is not a row"):
         compare_estimators(f, (jnp.array(0.5),), key=jax.random.key(0), strategies=strategies, reference="nope")
 
 
