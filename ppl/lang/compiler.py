@@ -393,6 +393,9 @@ def compile_program(prog: A.Program, data: Mapping[str, Any] | None = None) -> P
 
 def compile(source: str, data: Mapping[str, Any] | None = None, *, filename: str = "<string>") -> Program:
     """Parse and compile ``source``; a :class:`Program` (``dict[str, GenFn | Expectation]``)."""
+    if not isinstance(source, str):
+        hint = " (a path: use ppl.lang.load(path))" if isinstance(source, os.PathLike) else ""
+        raise TypeError(f"ppl.lang.compile takes the program's source text, got {type(source).__name__}{hint}")
     return compile_program(parse(source, filename), data)
 
 

@@ -127,6 +127,13 @@ def _check_reparameterized(who: str, guide: Any, args: tuple[Any, ...], strategi
             )
 
 
+def _count(who: str, name: str, n: Any, least: int = 1) -> int:
+    """A particle count: a Python int ``>= least`` (static: it sizes the particles' map)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < least:
+        raise ValueError(f"ppl.{who}: {name} must be a Python int >= {least} (the number of particles), got {n!r}")
+    return n
+
+
 def _declare(obj: Expectation, strategies: Mapping[str, Strategy] | None) -> Expectation:
     return with_strategies(obj, strategies) if strategies else obj
 
@@ -171,6 +178,8 @@ def iwae(
 ) -> Expectation:
     """``E[log (1/K) Σ_k p(x, z_k)/q(z_k)]`` (Burda et al. 2016); with ``ppl.marginal`` guides, DIWHVI."""
 
+    K = _count("iwae", "K", K, 1)
+
     @expectation
     def iwae(model_args, guide_args, obs=None):
         w = _log_weights(model, guide, *_resolve(data, obs, model_args, guide_args, guide_inputs), K)
@@ -193,6 +202,8 @@ def renyi(
     if alpha == 1.0:
         raise ValueError("renyi: alpha = 1 is the ELBO; use ppl.elbo")
 
+    K = _count("renyi", "K", K, 1)
+
     @expectation
     def renyi(model_args, guide_args, obs=None):
         w = _log_weights(model, guide, *_resolve(data, obs, model_args, guide_args, guide_inputs), K)
@@ -209,8 +220,7 @@ def vimco(
     Each particle's score term is multiplied by ``L − L_{−k}`` instead of ``L``, where ``L_{−k}`` replaces
     particle ``k``'s weight by the geometric mean of the others (it does not depend on particle ``k``).
     """
-    if K < 2:
-        raise ValueError("vimco needs K >= 2 particles")
+    K = _count("vimco", "K", K, 2)
     for pat, st in (strategies or {}).items():
         if not isinstance(st, Reinforce):
             raise StrategyError(
@@ -248,6 +258,8 @@ def dreg_iwae(
     the posterior or with larger ``K``; far from it, measure with ``compare_estimators``).
     """
 
+    K = _count("dreg_iwae", "K", K, 1)
+
     @expectation
     def dreg_iwae(model_args, guide_args, obs=None):
         d, margs, gargs = _resolve(data, obs, model_args, guide_args, guide_inputs)
@@ -278,6 +290,8 @@ def p_wake(
     """Reweighted wake-sleep, wake phase for the model: ``Σ_n w̄_n ∇θ log p(x, z_n)`` with ``z_n ~ q`` held fixed."""
     guide = with_strategies(guide, {"*": detach})
 
+    N = _count("p_wake", "N", N, 1)
+
     @expectation
     def p_wake(model_args, guide_args, obs=None):
         d, margs, gargs = _resolve(data, obs, model_args, guide_args, guide_inputs)
@@ -299,6 +313,8 @@ def q_wake(
     """Reweighted wake-sleep, wake phase for the guide: ``Σ_n w̄_n ∇φ log q(z_n)`` with ``z_n ~ q`` held fixed
     (a self-normalized estimate of ``−∇φ KL(p(z|x) ‖ q)``)."""
     guide = with_strategies(guide, {"*": detach})
+
+    N = _count("q_wake", "N", N, 1)
 
     @expectation
     def q_wake(model_args, guide_args, obs=None):

@@ -407,10 +407,21 @@ class Expectation:
         if len(tangents) != len(primals):
             raise ValueError(f"{self.__name__}.jvp_estimate: {len(tangents)} tangents for {len(primals)} primals")
         t: list[Any] = []  # an argument without parameters may have any tangent (it is not used)
-        for a, ta in zip(primals, tangents, strict=True):
+        for pos, (a, ta) in enumerate(zip(primals, tangents, strict=True)):
             n = len(jax.tree_util.tree_leaves(a))
-            has = any(parameter_mask(a))
-            t += jax.tree_util.tree_structure(a).flatten_up_to(ta) if has else [None] * n
+            try:
+                t += jax.tree_util.tree_structure(a).flatten_up_to(ta) if any(parameter_mask(a)) else [None] * n
+            except (ValueError, TypeError) as e:
+                raise ValueError(
+                    f"{self.__name__}.jvp_estimate: tangents[{pos}] does not have the structure of primals[{pos}] "
+                    f"({jax.tree_util.tree_structure(a)}): {str(e).splitlines()[0]}"
+                ) from None
+        for i in idx:
+            if jnp.shape(t[i]) != jnp.shape(leaves[i]):
+                raise ValueError(
+                    f"{self.__name__}.jvp_estimate: a tangent has shape {jnp.shape(t[i])} where its parameter has "
+                    f"shape {jnp.shape(leaves[i])}"
+                )
         return jax.jvp(
             self._with(key, leaves, tree, idx),
             ([jnp.asarray(leaves[i]) for i in idx],),

@@ -73,11 +73,16 @@ class SetStrategies(Interpretation):
 def with_strategies(f: Any, strategies: Mapping[str, Strategy], default: Strategy | None = None) -> Any:
     """The same program with gradient strategies set by address glob (``{"z*": enum, "enc/w": reinforce}``).
 
-    Works on ``GenFn``s, ``Expectation``s and plain functions, and returns the same kind.
+    Works on ``GenFn``s, ``Expectation``s and plain functions, and returns the same kind. A bare strategy means
+    ``{"*": strategy}``.
     """
     from .adev import Expectation, SumOver
     from .tracing import GenFn
 
+    if isinstance(strategies, Strategy):  # one strategy for every address
+        strategies = {"*": strategies}
+    if not isinstance(strategies, Mapping):
+        raise TypeError(f"with_strategies: strategies must map address globs to strategies, got {strategies!r}")
     if isinstance(f, SumOver):
         return SumOver(with_strategies(f.inner, strategies, default), f.in_axes)
 

@@ -221,6 +221,11 @@ def _check_constraints(jaxpr: Any, given: Mapping[str, Any], who: str, require_a
             "an integer value; soft values are for observed sites whose value the program does not use"
         )
     for a, v in given.items():
+        if not is_tracer(v) and np.asarray(v).dtype.kind not in "biuf":
+            raise PPLError(
+                f"{who}: choice {a!r} is given {type(v).__name__} {v!r}, not a number or numeric array; pass "
+                f"jnp.asarray(value, jnp.{avals[a].dtype})"
+            )
         if tuple(jnp.shape(v)) != tuple(avals[a].shape):
             plates = site_plates(jaxpr.jaxpr if hasattr(jaxpr, "jaxpr") else jaxpr).get(a)
             why = (
@@ -244,6 +249,12 @@ def _used_sites(jaxpr: Any) -> set[str]:
         for sub in subjaxprs(e):
             out |= _used_sites(sub)
     return out
+
+
+def _checked_key(key: Any, who: str) -> Any:
+    if not (hasattr(key, "dtype") and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or jnp.shape(key) == (2,))):
+        raise TypeError(f"{who}: the first argument is a JAX key (jax.random.key(0)), got {type(key).__name__}")
+    return key
 
 
 def _initial(key: Any) -> State:
@@ -280,12 +291,12 @@ class GenFn:
 
     def simulate(self, key: Any, *args: Any) -> Trace:
         """Run the program, drawing every choice: a :class:`Trace`."""
-        return self._trace(key, {}, args, "simulate")[0]
+        return self._trace(_checked_key(key, f"{self.__name__}.simulate"), {}, args, "simulate")[0]
 
     def generate(self, key: Any, constraints: Mapping[str, Any], *args: Any) -> tuple[Trace, Any]:
         """Constrained choices fixed, the others drawn from the program: ``(trace, log_weight)`` where the weight
         is the log density of the constrained choices plus the factors."""
-        return self._trace(key, constraints, args, "generate")
+        return self._trace(_checked_key(key, f"{self.__name__}.generate"), constraints, args, "generate")
 
     def assess(self, choices: Mapping[str, Any], *args: Any) -> tuple[Any, Any]:
         """``(log_density, retval)`` of the given choices (all of them, and only them)."""

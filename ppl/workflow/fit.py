@@ -56,6 +56,7 @@ import json
 import os
 import re
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,7 +143,12 @@ def as_args(args: Any) -> tuple[tuple[Any, ...], bool]:
 
 
 def as_key(key: Any) -> jax.Array:
-    return jax.random.key(key) if isinstance(key, int) else key
+    """A JAX key from a key or an int seed (anything else is an error naming ``key``)."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return jax.random.key(key)
+    if not (hasattr(key, "dtype") and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,))):
+        raise TypeError(f"key must be a JAX key (jax.random.key(0)) or an int seed, got {type(key).__name__} {key!r}")
+    return key
 
 
 # ---------------------------------------------------------------------------------------------- result
@@ -311,6 +317,19 @@ def _load_leaves(data: Any, name: str, template: Any) -> Any:
 
 
 def _load(path: str, meta: dict[str, Any], params: Any, opt_state: Any):
+    try:
+        return _read_checkpoint(path, meta, params, opt_state)
+    except ValueError as e:
+        if str(e).startswith("fit: "):
+            raise
+        raise ValueError(f"fit: the checkpoint {path} cannot be read ({e}); delete it to start over") from None
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise ValueError(
+            f"fit: the checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to start over"
+        ) from None
+
+
+def _read_checkpoint(path: str, meta: dict[str, Any], params: Any, opt_state: Any):
     with np.load(path) as data:
         saved = json.loads(str(data["meta"]))
         for what in ("params", "opt_state", "key", "num_particles", "data", "batch_size"):
@@ -426,7 +445,7 @@ def fit(
     """
     t0 = time.perf_counter()
     args_t, bare = as_args(args)
-    if not (isinstance(num_steps, int) and num_steps >= 0):
+    if isinstance(num_steps, bool) or not (isinstance(num_steps, int) and num_steps >= 0):
         raise ValueError(f"fit: num_steps must be a non-negative int, got {num_steps!r}")
     if not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ValueError(f"fit: chunk_size must be a positive int, got {chunk_size!r}")

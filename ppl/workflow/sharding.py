@@ -231,6 +231,8 @@ def check_data(data: Any, batch_size: Any) -> int | None:
         shapes = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in leaves}
         raise ValueError(f"fit: the leaves of data= have different leading lengths: {shapes}")
     n = rows.pop()
+    if n == 0:
+        raise ValueError("fit: data= has no rows (its leaves have leading length 0): pass at least one data point")
     if batch_size is not None and not (isinstance(batch_size, int) and 1 <= batch_size <= n):
         raise ValueError(f"fit: batch_size must be an int in 1..{n} (the number of rows of data), got {batch_size!r}")
     return n
