@@ -26,6 +26,7 @@ from .gradients import (
 from .interop import from_numpyro
 from .objectives import SIR, Marginal, dreg_iwae, elbo, iwae, marginal, p_wake, q_wake, renyi, sir, vimco
 from .objectives.auto import AutoGuide, auto_delta, auto_low_rank_normal, auto_multivariate_normal, auto_normal
+from .objectives.flows import auto_flow
 from .transforms.adev import Expectation, SumOver, expectation, sum_over
 from .transforms.strategy_rewrite import with_strategies
 from .transforms.tracing import GenFn, Trace, density, gen, seed, sim
@@ -79,6 +80,7 @@ __all__ = [
     "auto_multivariate_normal",
     "auto_low_rank_normal",
     "auto_delta",
+    "auto_flow",
     "AutoGuide",
     "from_numpyro",
     "fit",

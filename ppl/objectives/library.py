@@ -127,6 +127,11 @@ def _check_reparameterized(who: str, guide: Any, args: tuple[Any, ...], strategi
             )
 
 
+def _stop(tree: Any) -> Any:
+    """``stop_gradient`` on the array leaves of ``tree`` (functions and other static leaves pass through)."""
+    return jax.tree_util.tree_map(lambda x: sg(x) if isinstance(x, jax.Array) or hasattr(x, "aval") else x, tree)
+
+
 def _count(who: str, name: str, n: Any, least: int = 1) -> int:
     """A particle count: a Python int ``>= least`` (static: it sizes the particles' map)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < least:
@@ -264,14 +269,14 @@ def dreg_iwae(
     def dreg_iwae(model_args, guide_args, obs=None):
         d, margs, gargs = _resolve(data, obs, model_args, guide_args, guide_inputs)
         _check_reparameterized("dreg_iwae", guide, gargs, strategies)
-        fixed_guide = jax.tree_util.tree_map(sg, gargs)
-        fixed_model = jax.tree_util.tree_map(sg, margs)
+        fixed_guide = _stop(gargs)
+        fixed_model = _stop(margs)
 
         def particle():
             z_all, _ = sim(guide, *gargs)
             z = _latents(guide, z_all)
             path = _score(model, z, d, *fixed_model) - density(guide, z_all, *fixed_guide)
-            zs = jax.tree_util.tree_map(sg, z)
+            zs = _stop(z)
             model_term = _score(model, zs, d, *margs)
             return path, model_term
 
@@ -297,7 +302,7 @@ def p_wake(
         d, margs, gargs = _resolve(data, obs, model_args, guide_args, guide_inputs)
 
         def particle():
-            z, log_q = sim(guide, *jax.tree_util.tree_map(sg, gargs))
+            z, log_q = sim(guide, *_stop(gargs))
             return _score(model, _latents(guide, z), d, *margs), log_q
 
         log_p, log_q = vmap(particle, axis_size=N)()
@@ -322,7 +327,7 @@ def q_wake(
 
         def particle():
             z, log_q = sim(guide, *gargs)
-            return _score(model, _latents(guide, z), d, *jax.tree_util.tree_map(sg, margs)), log_q
+            return _score(model, _latents(guide, z), d, *_stop(margs)), log_q
 
         log_p, log_q = vmap(particle, axis_size=N)()
         wn = jax.nn.softmax(sg(log_p - log_q))
