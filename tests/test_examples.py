@@ -77,3 +77,34 @@ def test_cone_quick() -> None:
     for name, family, value in rows:
         v = float(value)
         assert math.isfinite(v) and v < -5.0, f"{name} ({family}) = {v}: a lower bound on log p(z) = -5.32"
+
+
+def test_coming_from_numpyro_quick() -> None:
+    """NumPyro SVI and ppl side by side: same ELBO and posterior on eight schools (from_numpyro bit-identical to the
+    native model), held-out accuracy and log-likelihood, a saved fit that reloads exactly and drives the CLI."""
+    out = run_example("coming_from_numpyro.py")
+    rows = re.findall(rf"^(numpyro AutoNormal|ppl auto_normal|ppl from_numpyro)\s+({NUM}) ± {NUM}\s+({NUM})\s+({NUM})"
+                      rf"\s+({NUM})\s+({NUM})\s+{NUM} s", out, re.M)
+    schools = {r[0]: [float(v) for v in r[1:]] for r in rows}
+    assert set(schools) == {"numpyro AutoNormal", "ppl auto_normal", "ppl from_numpyro"}, out
+    assert schools["ppl from_numpyro"] == schools["ppl auto_normal"], schools
+    assert "trained bit-identical parameters: True" in out
+    for name, (elbo, mu, mu_sd, tau, tau_sd) in schools.items():
+        assert abs(elbo - schools["numpyro AutoNormal"][0]) < 0.3 and -32.5 < elbo < -31.0, (name, elbo)
+        assert 3.0 < mu < 6.0 and 2.5 < mu_sd < 4.0 and 1.5 < tau < 4.5 and 1.0 < tau_sd < 4.0, (name, mu, tau)
+    rows = re.findall(rf"^(numpyro AutoNormal|ppl auto_normal)\s+{NUM} ± {NUM}\s+({NUM})\s+({NUM})\s+{NUM} s", out,
+                      re.M)
+    assert len(rows) == 2, out  # logistic regression: accuracy, held-out log predictive density per point
+    for name, acc, lpd in rows:
+        assert float(acc) > 0.9 and float(lpd) > -0.2, (name, acc, lpd)
+    truth = float(re.search(rf"^true mixture\s+({NUM})$", out, re.M)[1])
+    rows = re.findall(rf"^(numpyro TraceEnum_ELBO|ppl auto_normal)\s+(?:z summed out|q\(z_i\) per point, enum)\s+"
+                      rf"{NUM} ± {NUM}\s+({NUM})\s", out, re.M)
+    assert [r[0] for r in rows] == ["numpyro TraceEnum_ELBO", "ppl auto_normal"], out
+    for name, ll in rows:
+        assert abs(float(ll) - truth) < 0.02, (name, ll, truth)
+    assert "'z': {'logits': (1000, 3)}" in out  # auto_normal's discrete latent: per-point logits
+    assert "ppl.predictive draws bit-identical: True" in out
+    assert re.search(r"^mu\s+[-\d.]+\s+[-\d.]+", out, re.M), "arviz.summary table"
+    ys = re.findall(rf"^y\[(\d)\]\s+{NUM}\s+{NUM}\s+\S+\s+\S+\s+\S+\s+(\S+)$", out, re.M)
+    assert [int(j) for j, _ in ys] == list(range(8)) and ys[0][1] == "28", out  # CLI predict, observed column

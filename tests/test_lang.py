@@ -152,6 +152,24 @@ def mixture_plate_q_py(m, rho, logits, n):
         ppl.sample("z", dist.Categorical(logits=logits), strategy=ppl.enum)
 
 
+@ppl.gen
+def eight_schools_py():
+    sigma = jnp.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+    mu = ppl.sample("mu", dist.Normal(0.0, 5.0))
+    tau = ppl.sample("tau", dist.HalfCauchy(5.0))
+    with ppl.plate("schools", 8):
+        theta_tilde = ppl.sample("theta_tilde", dist.Normal(0.0, 1.0))
+        ppl.sample("y", dist.Normal(mu + tau * theta_tilde, sigma))
+
+
+@ppl.gen
+def eight_schools_q_py(mu_loc, mu_raw_scale, tau_loc, tau_raw_scale, theta_tilde_loc, theta_tilde_raw_scale):
+    ppl.sample("mu", dist.Normal(mu_loc, jax.nn.softplus(mu_raw_scale)))
+    ppl.sample("tau", dist.LogNormal(tau_loc, jax.nn.softplus(tau_raw_scale)))
+    with ppl.plate("schools", 8):
+        ppl.sample("theta_tilde", dist.Normal(theta_tilde_loc, jax.nn.softplus(theta_tilde_raw_scale)))
+
+
 PAIRS = [
     ("coin", "coin", coin_py, ()),
     ("coin", "coin", coin_py, (7,)),
@@ -167,6 +185,10 @@ PAIRS = [
     ("iwae_by_hand", "gauss_q", gauss_q_py, (jnp.asarray(0.2), jnp.asarray(-0.3))),
     ("mixture_plate", "mixture", mixture_plate_py, (10,)),
     ("mixture_plate", "mixture_q", mixture_plate_q_py, (jnp.zeros(3), jnp.zeros(3), jnp.ones((10, 3)), 10)),
+    ("eight_schools", "eight_schools", eight_schools_py, ()),
+    ("eight_schools", "eight_schools_q", eight_schools_q_py,
+     (jnp.asarray(1.0), jnp.asarray(0.5), jnp.asarray(1.2), jnp.asarray(-1.0), jnp.linspace(-1.0, 1.0, 8),
+      jnp.full(8, -0.5))),
 ]
 
 
@@ -574,7 +596,7 @@ def test_run_examples_script(capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.main(["--steps", "3"]) == 0
-    assert "6/6 examples ok" in capsys.readouterr().out
+    assert "7/7 examples ok" in capsys.readouterr().out
 
 
 def test_cli_usage_errors(capsys, tmp_path):
