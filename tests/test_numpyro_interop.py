@@ -321,7 +321,7 @@ def test_mixture_enum_gradient_is_exact():
 def test_mixture_reinforce_unbiased_numpyro_trace_elbo_biased():
     exact = jax.grad(exact_mix_elbo)(PHI)
     _, g = _ppl_elbo(mix, from_numpyro(mix_guide), {"phi": PHI}, (X_MIX,))
-    assert_unbiased(g["phi"].reshape(N_EST, -1), exact.reshape(-1), max_stderr=0.12)
+    assert_unbiased(g["phi"].reshape(N_EST, -1), exact.reshape(-1), max_stderr=0.1)  # measured 0.085
 
     _, ng = _numpyro_elbo(mix, mix_guide, {"phi": PHI}, lambda u: u, (X_MIX,))
     s = np.asarray(ng["phi"]).reshape(N_EST, -1)
