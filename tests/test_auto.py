@@ -27,12 +27,12 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
-from jax.scipy.special import gammaln
 from numpyro.distributions.transforms import SigmoidTransform, StickBreakingTransform
 
 import ppl
 from ppl.transforms.tracing import sites
 
+from .oracles import XC, constrained_log_joint, constrained_model
 from .stats import assert_unbiased, keys
 
 KEY = jax.random.key(0)
@@ -172,16 +172,6 @@ def test_every_library_objective_drops_the_auxiliary_address():
 
 # ------------------------------------------------------------------------- supports and the Jacobian by hand
 
-ALPHA = jnp.array([1.5, 2.0, 3.0])
-XC = jnp.array([0.4, 0.1, 0.9])
-
-
-@ppl.gen
-def constrained_model():
-    s = ppl.sample("s", dist.HalfNormal(1.5))
-    p = ppl.sample("p", dist.Dirichlet(ALPHA))
-    ppl.sample("x", dist.Normal(s * p, 0.5).to_event(1))
-
 
 def _perturbed(params, seed):
     leaves, tree = jax.tree_util.tree_flatten(params)
@@ -208,23 +198,9 @@ def test_joint_elbo_is_log_p_minus_log_q_by_hand_on_the_same_draw():
     raw = params[AUX]["raw_scale_tril"]
     L = jnp.tril(raw, -1) + jnp.diag(jax.nn.softplus(jnp.diag(raw)))
 
-    def stick(v):  # the first two coordinates of stick-breaking (the simplex's chart), written out
-        z = jax.nn.sigmoid(v - jnp.log(jnp.array([2.0, 1.0])))
-        return jnp.array([z[0], (1 - z[0]) * z[1]])
-
     def by_hand(u):
-        s, p2 = jnp.exp(u[0]), stick(u[1:])
-        p = jnp.append(p2, 1 - p2.sum())
-        log_p = (
-            jnp.log(2.0)
-            + _norm_lp(s, 0.0, 1.5)
-            + gammaln(ALPHA.sum())
-            - gammaln(ALPHA).sum()
-            + jnp.sum((ALPHA - 1) * jnp.log(p))
-            + jnp.sum(_norm_lp(XC, s * p, 0.5))
-        )
+        log_p, log_jac = constrained_log_joint(u)
         log_mvn = jax.scipy.stats.multivariate_normal.logpdf(u, params[AUX]["loc"], L @ L.T)
-        log_jac = u[0] + jnp.linalg.slogdet(jax.jacfwd(stick)(u[1:]))[1]
         return log_p - (log_mvn - log_jac)
 
     ks = keys(8, 6)

@@ -30,11 +30,11 @@ import paramax  # noqa: E402
 from flowjax.bijections import Affine  # noqa: E402
 from flowjax.distributions import StandardNormal, Transformed  # noqa: E402
 from flowjax.flows import block_neural_autoregressive_flow, masked_autoregressive_flow  # noqa: E402
-from jax.scipy.special import gammaln  # noqa: E402
 
 import ppl  # noqa: E402
 from ppl.core.params import Fixed, parameter_mask  # noqa: E402
 
+from .oracles import XC, constrained_log_joint, constrained_model  # noqa: E402
 from .stats import keys  # noqa: E402
 
 AUX = "_auto_latent"
@@ -113,16 +113,7 @@ def test_the_flow_fits_a_skewed_posterior_better_than_mean_field():
 
 # ------------------------------------------------------------------------- supports and the ELBO by hand
 
-ALPHA = jnp.array([1.5, 2.0, 3.0])
-XC = jnp.array([0.4, 0.1, 0.9])
 LOG2PI = float(np.log(2 * np.pi))
-
-
-@ppl.gen
-def constrained_model():
-    s = ppl.sample("s", dist.HalfNormal(1.5))
-    p = ppl.sample("p", dist.Dirichlet(ALPHA))
-    ppl.sample("x", dist.Normal(s * p, 0.5).to_event(1))
 
 
 def _norm_lp(x, m, s=1.0):
@@ -150,23 +141,9 @@ def test_the_elbo_is_log_p_minus_log_q_by_hand_on_the_same_draw():
     obj = ppl.elbo(constrained_model, guide, {"x": XC})
     flow, loc = params[AUX]["flow"], params[AUX]["loc"]
 
-    def stick(v):  # the first two coordinates of stick-breaking (the simplex's chart), written out
-        z = jax.nn.sigmoid(v - jnp.log(jnp.array([2.0, 1.0])))
-        return jnp.array([z[0], (1 - z[0]) * z[1]])
-
     def by_hand(u):
-        s, p2 = jnp.exp(u[0]), stick(u[1:])
-        p = jnp.append(p2, 1 - p2.sum())
-        log_p = (
-            jnp.log(2.0)
-            + _norm_lp(s, 0.0, 1.5)
-            + gammaln(ALPHA.sum())
-            - gammaln(ALPHA).sum()
-            + jnp.sum((ALPHA - 1) * jnp.log(p))
-            + jnp.sum(_norm_lp(XC, s * p, 0.5))
-        )
+        log_p, log_jac = constrained_log_joint(u)
         log_flow = flow.log_prob(u - loc)  # flowjax's density of the flow, shifted by loc
-        log_jac = u[0] + jnp.linalg.slogdet(jax.jacfwd(stick)(u[1:]))[1]
         return log_p - (log_flow - log_jac)
 
     ks = keys(8, 6)
