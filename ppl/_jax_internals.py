@@ -7,14 +7,18 @@ re-binding a jaxpr equation exactly as ``jax.core.eval_jaxpr`` does, and the jax
 Sharp edges:
     * ``bind_eqn`` relies on ``Primitive.get_bind_params``, which JAX uses in its own ``eval_jaxpr``; it has been
       stable since JAX 0.4 but is not public API.
-    * ``scan``'s parameters changed in JAX 0.11 (``num_consts``/``num_carry`` became a flat tree ``ft_in``, and
-      loop-invariant carries and forwarded ``ys`` are moved out of the equation): read them with ``scan_counts``.
+    * ``scan``'s parameters changed in JAX 0.11 (``num_consts``/``num_carry`` became a flat tree ``ft_in``, the body
+      an open ``Jaxpr``, and loop-invariant carries and forwarded ``ys`` are moved out of the equation): read them
+      with :func:`scan_parts` only.
+    * Higher-order primitives are recognized by name (:func:`control_kind`): JAX renames them (``pjit`` became
+      ``jit``) and does not export most of them.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -25,42 +29,40 @@ Primitive = jex_core.Primitive
 ClosedJaxpr = jex_core.ClosedJaxpr
 Jaxpr = jex_core.Jaxpr
 Literal = jex_core.Literal
-Var = jex_core.Var
 JaxprEqn = jex_core.JaxprEqn
-DropVar = jex_core.DropVar
 jaxpr_as_fun = jex_core.jaxpr_as_fun
 
 __all__ = [
-    "Primitive",
     "ClosedJaxpr",
     "Jaxpr",
-    "Literal",
-    "Var",
     "JaxprEqn",
-    "DropVar",
+    "Literal",
+    "ShapedArray",
     "jaxpr_as_fun",
     "new_primitive",
+    "register_batcher",
+    "override_batcher",
+    "cond_primitive",
+    "scan_primitive",
     "bind_eqn",
-    "subjaxprs",
+    "bind_with_params",
+    "stage_flat",
+    "lane_aval",
     "closed",
-    "ShapedArray",
-    "scan_counts",
-    "scan_body",
-    "scan_options",
-    "cond_branches",
-    "call_body",
+    "subjaxprs",
     "is_tracer",
     "SCAN",
     "COND",
     "WHILE",
-    "INLINED",
-    "register_batcher",
-    "cond_primitive",
-    "scan_primitive",
-    "override_batcher",
-    "stage_flat",
-    "lane_aval",
-    "bind_with_params",
+    "CALL",
+    "control_kind",
+    "is_scan",
+    "is_cond",
+    "is_call",
+    "ScanParts",
+    "scan_parts",
+    "cond_branches",
+    "call_body",
 ]
 
 ShapedArray = jax.core.ShapedArray
@@ -171,43 +173,93 @@ def subjaxprs(eqn: JaxprEqn) -> Iterator[Jaxpr]:
                 yield item
 
 
-# ---------------------------------------------------------------------------------------------- parameter layouts
-# The interpreter reads JAX's higher-order primitives only through these names and accessors.
+# ---------------------------------------------------------------------------------------------- higher-order primitives
+# The interpreter reads JAX's higher-order primitives only through these: their kind (by name: JAX renames them
+# across versions, ``pjit`` -> ``jit``), and their parameters (``scan``'s layout changed in JAX 0.11).
 
-SCAN, COND, WHILE = "scan", "cond", "while"
-INLINED = ("jit", "pjit", "closed_call", "custom_jvp_call", "custom_vjp_call", "remat2")  # bodies interpreted in place
-
-
-def scan_body(params: dict[str, Any]) -> ClosedJaxpr:
-    """A ``scan``'s body: ``consts + carry + xs -> carry + ys``."""
-    return params["jaxpr"]
-
-
-def scan_options(params: dict[str, Any]) -> dict[str, Any]:
-    """``length``, ``reverse`` and ``unroll`` of a ``scan`` (as ``lax.scan`` keywords)."""
-    return {"length": params["length"], "reverse": params["reverse"], "unroll": params["unroll"]}
+SCAN, COND, WHILE, CALL = "scan", "cond", "while", "call"  # the kinds of higher-order primitive ``ppl`` interprets
+_KINDS = {
+    "scan": SCAN,
+    "cond": COND,
+    "while": WHILE,
+    **dict.fromkeys(
+        ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "remat2", "checkpoint"), CALL
+    ),
+}
 
 
-def cond_branches(params: dict[str, Any]) -> tuple[ClosedJaxpr, ...]:
-    """A ``cond``'s branches (index ``i`` runs ``branches[i]``)."""
-    return tuple(params["branches"])
+def control_kind(prim: Primitive) -> str | None:
+    """:data:`SCAN`, :data:`COND`, :data:`WHILE` or :data:`CALL` (a call-like primitive whose body is interpreted in
+    place: ``jit``, ``custom_jvp_call``, ``custom_vjp_call``, ``remat``), or ``None`` for any other primitive."""
+    return _KINDS.get(prim.name)
 
 
-def call_body(params: dict[str, Any]) -> ClosedJaxpr | Jaxpr:
+def is_scan(eqn: JaxprEqn) -> bool:
+    return control_kind(eqn.primitive) == SCAN
+
+
+def is_cond(eqn: JaxprEqn) -> bool:
+    return control_kind(eqn.primitive) == COND
+
+
+def is_call(eqn: JaxprEqn) -> bool:
+    return control_kind(eqn.primitive) == CALL
+
+
+def _params(eqn_or_params: JaxprEqn | dict[str, Any]) -> dict[str, Any]:
+    return eqn_or_params if isinstance(eqn_or_params, dict) else eqn_or_params.params
+
+
+@dataclass(frozen=True)
+class ScanParts:
+    """A ``scan`` equation, read: its body takes ``consts + carry + xs`` and returns ``carry + ys`` (the equation's
+    inputs and outputs in the same order)."""
+
+    body: ClosedJaxpr
+    num_consts: int
+    num_carry: int
+    length: int
+    reverse: bool
+    unroll: int | bool
+
+    def split(self, invals: Sequence[Any]) -> tuple[list[Any], list[Any], list[Any]]:
+        """The equation's inputs as ``(consts, carry, xs)``."""
+        c, n = self.num_consts, self.num_consts + self.num_carry
+        return list(invals[:c]), list(invals[c:n]), list(invals[n:])
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """``length``, ``reverse`` and ``unroll``, as ``lax.scan`` keywords."""
+        return {"length": self.length, "reverse": self.reverse, "unroll": self.unroll}
+
+
+def scan_parts(eqn: JaxprEqn | dict[str, Any]) -> ScanParts:
+    """A ``scan`` equation's (or its parameters') body, counts and options.
+
+    Up to JAX 0.10 the counts are ``num_consts``/``num_carry`` and the body a ``ClosedJaxpr``; from 0.11 on they are
+    the flat tree ``ft_in`` (``(consts, carry, xs)``) and the body an open ``Jaxpr`` (loop-invariant carries and
+    forwarded ``ys`` are already moved out of the equation, so inputs and outputs still line up with the body).
+    """
+    p = _params(eqn)
+    if "num_consts" in p:
+        nconst, ncarry = p["num_consts"], p["num_carry"]
+    else:
+        consts, carry, _ = p["ft_in"].unpack()
+        nconst, ncarry = len(list(consts)), len(list(carry))
+    return ScanParts(closed(p["jaxpr"]), nconst, ncarry, p["length"], p["reverse"], p["unroll"])
+
+
+def cond_branches(eqn: JaxprEqn | dict[str, Any]) -> tuple[ClosedJaxpr, ...]:
+    """A ``cond``'s branches (index ``i`` runs ``branches[i]``; its inputs are ``index, *operands``)."""
+    return tuple(closed(b) for b in _params(eqn)["branches"])
+
+
+def call_body(eqn: JaxprEqn | dict[str, Any]) -> ClosedJaxpr:
     """The body of a call-like primitive (``jit``, ``custom_jvp_call``, ``custom_vjp_call``, ``remat``)."""
-    return params["call_jaxpr"] if "call_jaxpr" in params else params["jaxpr"]
+    p = _params(eqn)
+    return closed(p["call_jaxpr"] if "call_jaxpr" in p else p["jaxpr"])
 
 
 def is_tracer(x: Any) -> bool:
     """Is ``x`` an abstract value being traced (no concrete value)?"""
     return isinstance(x, jax.core.Tracer)
-
-
-def scan_counts(params: dict[str, Any]) -> tuple[int, int]:
-    """``(num_consts, num_carry)`` of a ``scan`` equation: parameters up to JAX 0.10, the flat-tree ``ft_in``
-    (``(consts, carry, xs)``) from JAX 0.11 on. The body's inputs are ``consts + carry + xs`` and its outputs
-    ``carry + ys`` in both."""
-    if "num_consts" in params:
-        return params["num_consts"], params["num_carry"]
-    consts, carry, _ = params["ft_in"].unpack()
-    return len(list(consts)), len(list(carry))

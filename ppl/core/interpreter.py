@@ -43,8 +43,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._jax_internals import (
+    CALL,
     COND,
-    INLINED,
     SCAN,
     WHILE,
     ClosedJaxpr,
@@ -55,9 +55,11 @@ from .._jax_internals import (
     call_body,
     closed,
     cond_branches,
-    scan_body,
-    scan_counts,
-    scan_options,
+    control_kind,
+    is_call,
+    is_cond,
+    is_scan,
+    scan_parts,
     subjaxprs,
 )
 from .lanes import map_lanes
@@ -74,12 +76,14 @@ __all__ = ["PPLError"]  # defined with the primitives (staging raises it too), r
 class State:
     """What an interpretation threads through the walk.
 
-    ``key`` (the block's base key; sites fold in ``counter``), ``counter`` and ``visited`` are static bookkeeping;
-    ``carry`` holds running accumulators (log density, weight, ADEV score tangent...); ``choices`` the recorded
-    values; ``where`` the enclosing higher-order primitives (for error messages).
+    ``key`` (the block's base key; sites fold in ``counter``) or ``keys`` (the block's keys, split in advance: site
+    ``counter`` takes ``keys[counter]``), ``counter`` and ``visited`` are static bookkeeping; ``carry`` holds running
+    accumulators (log density, weight, ADEV score tangent...); ``choices`` the recorded values; ``where`` the
+    enclosing higher-order primitives (for error messages).
     """
 
     key: Any = None
+    keys: Any = None  # a loop iteration's / map lane's keys, one per key use of its body (see ``key_uses``)
     counter: int = 0
     visited: frozenset[str] = frozenset()
     carry: dict[str, Any] = field(default_factory=dict)
@@ -92,8 +96,24 @@ class State:
 
     def next_key(self) -> tuple[Any, State]:
         """A fresh key for a site or block, and the state after it."""
-        k = None if self.key is None else jax.random.fold_in(self.key, self.counter)
+        if self.keys is not None:  # split in advance: no hash here (this may run once per loop iteration)
+            if self.counter >= self.keys.shape[0]:
+                raise AssertionError(f"ppl: key use {self.counter} of a block split into {self.keys.shape[0]} keys")
+            k = self.keys[self.counter]
+        else:
+            k = None if self.key is None else jax.random.fold_in(self.key, self.counter)
         return k, replace(self, counter=self.counter + 1)
+
+    def block_keys(self, m: int) -> tuple[tuple[Any, Any], State]:
+        """What a ``cond`` branch that draws up to ``m`` keys starts from, ``(key, keys)``, and the state after it:
+        inside a loop iteration or map lane, the next ``m`` of its pre-split keys (no hash); elsewhere a fresh key."""
+        if self.keys is None:
+            k, st = self.next_key()
+            return (k, None), st
+        c = self.counter
+        if c + m > self.keys.shape[0]:
+            raise AssertionError(f"ppl: key uses {c}..{c + m} of a block split into {self.keys.shape[0]} keys")
+        return (None, self.keys[c : c + m]), replace(self, counter=c + m)
 
     def visit(self, addr: str) -> State:
         if addr in self.visited:
@@ -236,9 +256,8 @@ def _site_avals(jaxpr: Jaxpr) -> tuple[tuple[str, Any], ...]:
     for e in jaxpr.eqns:
         if e.primitive is sample_p:
             found = {e.params["addr"]: e.outvars[0].aval}
-        elif e.primitive.name == SCAN or e.primitive is map_p:
-            n = scan_options(e.params)["length"] if e.primitive is not map_p else e.params["size"]
-            body = scan_body(e.params) if e.primitive is not map_p else e.params["body"]
+        elif is_scan(e) or e.primitive is map_p:
+            n, body = (e.params["size"], e.params["body"]) if e.primitive is map_p else _scan_length_body(e)
             found = {a: aval.update(shape=(n, *aval.shape)) for a, aval in _site_avals(body.jaxpr)}
         else:
             found = {}
@@ -246,6 +265,36 @@ def _site_avals(jaxpr: Jaxpr) -> tuple[tuple[str, Any], ...]:
                 found.update(_site_avals(sub))
         out.update(found)
     return tuple(sorted(out.items()))
+
+
+def _scan_length_body(eqn: JaxprEqn) -> tuple[int, ClosedJaxpr]:
+    parts = scan_parts(eqn)
+    return parts.length, parts.body
+
+
+@functools.lru_cache(maxsize=8192)
+def key_uses(jaxpr: Jaxpr) -> int:
+    """How many keys a walk of ``jaxpr`` draws with :meth:`State.next_key` (an upper bound): one per site and one per
+    block (``scan``, ``cond``, map) that holds ``ppl`` primitives; a call-like block draws its body's (it is walked in
+    place). A loop iteration or map lane gets exactly these keys, split from the block key before the loop."""
+    n = 0
+    for e in jaxpr.eqns:
+        if e.primitive is sample_p:
+            n += 1
+        elif not needs_rule(e) or e.primitive in PPL_PRIMITIVES and e.primitive is not map_p:
+            continue
+        elif is_call(e):
+            n += key_uses(call_body(e).jaxpr)
+        elif is_cond(e):
+            n += cond_key_uses(e)
+        else:
+            n += 1
+    return n
+
+
+def cond_key_uses(eqn: JaxprEqn) -> int:
+    """The keys a ``cond`` takes from a loop iteration's or map lane's keys: as many as its greediest branch."""
+    return max([1, *(key_uses(b.jaxpr) for b in cond_branches(eqn))])
 
 
 def site_avals(j: ClosedJaxpr | Jaxpr | JaxprEqn) -> dict[str, Any]:
@@ -281,7 +330,7 @@ def inline_cps_rule(interp, state, eqn, invals, k):
 
 
 def _body(eqn):
-    return call_body(eqn.params)
+    return call_body(eqn)
 
 
 def _merge(state, eqn, body_addrs, carry, choices, requests):
@@ -294,45 +343,52 @@ def _merge(state, eqn, body_addrs, carry, choices, requests):
     )
 
 
-def _enter_block(interp, state, eqn, body):
-    """Entering a loop or map: its addresses visited, its block key drawn, its per-iteration data; and
-    ``at(i, carry)``, the state that starts iteration / lane ``i`` (key ``fold_in(block_key, i)``)."""
+def _enter_block(interp, state, eqn, body, size):
+    """Entering a loop or map of ``size`` iterations / lanes: its addresses visited, its block key drawn, its
+    per-iteration data, its keys; and ``at(i, keys_i, carry)``, the state that starts iteration / lane ``i``.
+
+    The keys: the block key is split once, before the loop, into ``(size, key_uses(body))`` keys; iteration / lane
+    ``i`` takes row ``i`` and its ``j``-th site (or block) ``keys[i, j]``: no hash inside the loop body, distinct keys
+    for every (iteration, site), and the same keys whenever the block is run again from the same state (the re-runs
+    of a multi-call correction rely on it). ``keys`` is ``None`` when the interpretation has no key."""
     body_addrs = addresses(body)
     if interp.records:
         for a in sorted(body_addrs):
             state.visit(a)
     block_key, state = state.next_key()
+    n = key_uses(closed(body).jaxpr)
+    keys = None if block_key is None else jax.random.split(block_key, (size, n))
     inner = state.enter(eqn)
 
-    def at(i, carry):
-        key = None if block_key is None else jax.random.fold_in(block_key, i)
-        return State(key=key, carry=carry, where=inner.where, path=inner.path, index=state.index + (i,))
+    def at(i, keys_i, carry):
+        return State(keys=keys_i, carry=carry, where=inner.where, path=inner.path, index=state.index + (i,))
 
-    return state, body_addrs, interp.loop_data(body_addrs), at
+    return state, body_addrs, interp.loop_data(body_addrs), keys, at
 
 
 def scan_rule(interp, state, eqn, invals):
     """Re-emit ``lax.scan`` with the interpretation's accumulators added to the carry and choices to the outputs.
 
-    The body is interpreted once: a site in a loop of length 10,000 stays one site in the program. Its key is the
-    block key folded with the iteration index; its recorded choice gets the loop axis in front.
+    The body is interpreted once: a site in a loop of length 10,000 stays one site in the program. Its key is a
+    row of the block key split before the loop (passed in as part of ``xs``: no key derivation inside the loop); its
+    recorded choice gets the loop axis in front.
     """
-    p = eqn.params
-    (nconst, ncarry), options = scan_counts(p), scan_options(p)
-    consts, init, xs = invals[:nconst], invals[nconst : nconst + ncarry], invals[nconst + ncarry :]
-    state, body_addrs, data, at = _enter_block(interp, state, eqn, scan_body(p))
+    parts = scan_parts(eqn)
+    consts, init, xs = parts.split(invals)
+    ncarry = parts.num_carry
+    state, body_addrs, data, keys, at = _enter_block(interp, state, eqn, parts.body, parts.length)
 
     def body(carry_all, x_all):
         carry, acc = carry_all
-        x, i, data_i = x_all
-        outs, st = run(interp.for_iteration(data_i), scan_body(p), [*consts, *carry, *x], at(i, acc))
+        x, i, keys_i, data_i = x_all
+        outs, st = run(interp.for_iteration(data_i), parts.body, [*consts, *carry, *x], at(i, keys_i, acc))
         return (outs[:ncarry], st.carry), (outs[ncarry:], st.choices, st.requests)
 
     (carry, acc), (ys, choices, requests) = lax.scan(
         body,
         (init, state.carry),
-        (xs, jnp.arange(options["length"]), data),
-        **options,
+        (xs, jnp.arange(parts.length), keys, data),
+        **parts.options,
     )
     return [*carry, *ys], _merge(state, eqn, body_addrs, acc, choices, requests)
 
@@ -340,27 +396,31 @@ def scan_rule(interp, state, eqn, invals):
 def map_rule(interp, state, eqn, invals):
     """A map (``map_p``): interpret the lane body for one lane, then map the interpreted lane.
 
-    Lane ``i`` gets the block key folded with ``i``; its accumulators start at zero (those for which
-    :meth:`Interpretation.inherits` holds start at the current value) and their increments are summed over lanes;
-    its choices get the lane axis in front. A ``cond`` in the lane is interpreted per lane before ``jax.vmap`` sees it.
+    Lane ``i`` gets row ``i`` of the block key split before the map (:func:`_enter_block`); its accumulators start
+    at zero (those for which :meth:`Interpretation.inherits` holds start at the current value) and their increments
+    are summed over lanes; its choices get the lane axis in front. A ``cond`` in the lane is interpreted per lane
+    before ``jax.vmap`` sees it.
     """
     return map_lanes_rule(interp, state, eqn, invals)[:2]
 
 
 def map_lanes_rule(interp, state, eqn, invals):
-    """:func:`map_rule`, also returning the per-lane accumulators and ``lane(i, start, *args)``, which runs lane
-    ``i`` alone (ADEV re-runs one lane of a map)."""
+    """:func:`map_rule`, also returning the per-lane accumulators and ``lane(i, data_i, start, *args)``, which runs
+    lane ``i`` alone with the keys of the main run (ADEV re-runs one lane of a map)."""
     p = eqn.params
     body, size, in_axes = p["body"], p["size"], p["in_axes"]
-    state, body_addrs, data, at = _enter_block(interp, state, eqn, body)
+    state, body_addrs, data, keys, at = _enter_block(interp, state, eqn, body, size)
     start = {n: v if interp.inherits(n) else jnp.zeros_like(v) for n, v in state.carry.items()}
 
-    def lane(i, data_i, start, *args, interp=interp):
-        outs, st = run(interp.for_iteration(data_i), body, args, at(i, start))
+    def run_lane(i, keys_i, data_i, start, *args, interp=interp):
+        outs, st = run(interp.for_iteration(data_i), body, args, at(i, keys_i, start))
         return outs, st.carry, st.choices, st.requests
 
+    def lane(i, data_i, start, *args, interp=interp):
+        return run_lane(i, None if keys is None else keys[i], data_i, start, *args, interp=interp)
+
     outs, carries, choices, requests = map_lanes(
-        lane, size, (0, 0, None, *in_axes), (jnp.arange(size), data, start, *invals), interp.rewrites
+        run_lane, size, (0, 0, 0, None, *in_axes), (jnp.arange(size), keys, data, start, *invals), interp.rewrites
     )
     carry = {n: state.carry[n] + jnp.sum(carries[n] - start[n], axis=0) for n in state.carry}
     return list(outs), _merge(state, eqn, body_addrs, carry, choices, requests), carries, start, lane
@@ -377,13 +437,13 @@ def cond_rule(interp, state, eqn, invals):
     are ``State.requests``.
     """
     index, ops = invals[0], invals[1:]
-    branches = cond_branches(eqn.params)
-    block_key, state = state.next_key()
+    branches = cond_branches(eqn)
+    block_key, state = state.block_keys(cond_key_uses(eqn))
     avals = site_avals(eqn) if interp.records else {}
 
     def branch(j, request_shapes):
-        def f(ops, key, carry):
-            st = replace(state.enter(eqn, j), key=key, counter=0, carry=carry, choices={}, requests={})
+        def f(ops, kk, carry):
+            st = replace(state.enter(eqn, j), key=kk[0], keys=kk[1], counter=0, carry=carry, choices={}, requests={})
             outs, st = run(interp, branches[j], ops, st)
             ch = {a: st.choices[a] if a in st.choices else jnp.zeros(v.shape, v.dtype) for a, v in avals.items()}
             if request_shapes is None:
@@ -405,12 +465,12 @@ def cond_rule(interp, state, eqn, invals):
 def cond_cps_rule(interp, state, eqn, invals, k):
     """``cond`` whose branches need the continuation: push the rest of the program into each branch."""
     index, ops = invals[0], invals[1:]
-    branches = cond_branches(eqn.params)
-    block_key, state = state.next_key()
+    branches = cond_branches(eqn)
+    block_key, state = state.next_key()  # a continuation is only passed outside loops and maps: no pre-split keys
 
     def branch(j):
         def f(ops, key, carry):
-            st = replace(state.enter(eqn, j), key=key, counter=0, carry=carry)
+            st = replace(state.enter(eqn, j), key=key, keys=None, counter=0, carry=carry)
             return run(interp, branches[j], ops, st, cont=_leave(state, k))
 
         return f
@@ -426,9 +486,9 @@ def while_rule(interp, state, eqn, invals):
 
 
 def control_flow_rules() -> dict[Any, Rule]:
-    """The higher-order rules every interpretation registers (JAX's by primitive name)."""
+    """The higher-order rules every interpretation registers (JAX's by kind: ``_jax_internals.control_kind``)."""
     return {
-        **dict.fromkeys(INLINED, inline_rule),
+        CALL: inline_rule,
         SCAN: scan_rule,
         COND: cond_rule,
         WHILE: while_rule,
@@ -438,12 +498,16 @@ def control_flow_rules() -> dict[Any, Rule]:
 
 def control_flow_cps_rules() -> dict[str, Rule]:
     """The continuation-passing versions, for interpretations with multi-call rules (ADEV)."""
-    return {**dict.fromkeys(INLINED, inline_cps_rule), COND: cond_cps_rule}
+    return {CALL: inline_cps_rule, COND: cond_cps_rule}
 
 
 class RuleTable(dict):
-    """A rule table keyed by primitive that also matches higher-order primitives by name (JAX renames them)."""
+    """A rule table keyed by primitive; JAX's higher-order primitives are keyed by their kind (:data:`SCAN`,
+    :data:`COND`, :data:`WHILE`, :data:`CALL`), which names them across JAX versions."""
 
     def get(self, prim, default=None):
         r = super().get(prim)
-        return r if r is not None else super().get(prim.name, default)
+        if r is not None:
+            return r
+        kind = control_kind(prim)
+        return default if kind is None else super().get(kind, default)

@@ -2,10 +2,10 @@
 
 A *map* is the higher-order primitive :data:`~ppl.core.primitives.map_p`: ``size`` lanes of an **unbatched** lane
 body (a closed jaxpr), operands mapped along ``in_axes``. Each interpretation gives a lane its meaning first — its
-own key (the lane index folded into the block key), its own accumulators (score, weight, cost), its own choices —
-and only then maps the *interpreted* lane with ``jax.vmap`` (:func:`map_lanes`, used by the map rule in
-:mod:`ppl.core.interpreter`). JAX may still turn a ``cond`` inside the lane into a ``select``, but by then it selects
-between plain values and per-lane accumulators, which is correct.
+own keys (row ``i`` of the block key, split once before the map), its own accumulators (score, weight, cost), its
+own choices — and only then maps the *interpreted* lane with ``jax.vmap`` (:func:`map_lanes`, used by the map rule
+in :mod:`ppl.core.interpreter`). JAX may still turn a ``cond`` inside the lane into a ``select``, but by then it
+selects between plain values and per-lane accumulators, which is correct.
 
 Maps come from two places, with one meaning:
 
@@ -53,7 +53,7 @@ from .._jax_internals import (
     lane_aval,
     override_batcher,
     register_batcher,
-    scan_body,
+    scan_parts,
     scan_primitive,
     stage_flat,
 )
@@ -105,7 +105,7 @@ def _cond_batcher(original, axis_size, vals, dims, /, **params):
 
 
 def _scan_batcher(original, axis_size, vals, dims, /, **params):
-    if not contains_ppl(scan_body(params).jaxpr):
+    if not contains_ppl(scan_parts(params).body.jaxpr):
         return original(vals, dims, **params)
     outs = _as_map(scan_primitive(), axis_size, vals, dims, params)  # each lane runs its own loop: lane axis first
     return outs, [0] * len(outs)
