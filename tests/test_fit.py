@@ -209,6 +209,39 @@ def test_nonfinite_steps_are_skipped_and_counted():
     assert abs(float(res.args) - 2.0) < 0.5
 
 
+@ppl.expectation
+def spike(theta):
+    """-0.1 (theta - 1)^2, plus 3e38 theta when u > 0.9 (u ~ U(0, 1)): there the value (theta in [0, 1]) and the
+    gradient (3e38) are finite but an sgd step of learning rate 2 overflows the parameter."""
+    u = ppl.sample("u", dist.Uniform(0.0, 1.0))
+    return -0.1 * (theta - 1.0) ** 2 + jnp.where(u > 0.9, 3e38, 0.0) * theta
+
+
+def test_updates_overflowing_mid_chunk_are_skipped():
+    """The chunk stops at a step whose update overflows the parameters; fit recomputes the chunk up to that step
+    and skips it. Same steps, parameters and momentum as a Python loop that skips by hand."""
+    key, num_steps, opt = jax.random.key(5), 60, optax.sgd(2.0, momentum=0.1)
+    res = fit(spike, jnp.array(0.0), optimizer=opt, num_steps=num_steps, key=key, progress=False, chunk_size=20)
+    theta, state, skipped, overflowed = jnp.array(0.0), opt.init(jnp.array(0.0)), [], []
+    step = jax.jit(spike.value_and_grad_estimate)
+    for i in range(num_steps):
+        v, g = step(jax.random.fold_in(key, i), theta)
+        upd, new_state = opt.update(-g, state, theta)
+        new_theta = optax.apply_updates(theta, upd)
+        ok = bool(jnp.isfinite(v) & jnp.isfinite(g) & jnp.isfinite(new_theta))
+        skipped.append(not ok)
+        overflowed.append(bool(jnp.isfinite(v) & jnp.isfinite(g)) and not ok)
+        if ok:
+            theta, state = new_theta, new_state
+    skipped, overflowed = np.array(skipped), np.array(overflowed)
+    assert np.array_equal(skipped, overflowed) and 3 <= overflowed.sum() < 15  # overflows only, in several chunks
+    assert len({i // 20 for i in np.flatnonzero(overflowed)}) >= 2
+    assert np.array_equal(res.skipped, skipped) and res.num_skipped == int(skipped.sum())
+    assert np.all(np.isfinite(res.values))  # the value of an overflowing step is finite, and kept
+    np.testing.assert_allclose(res.args, theta, rtol=1e-6)
+    np.testing.assert_allclose(res.opt_state[0].trace, state[0].trace, rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------- arguments
 
 
