@@ -119,7 +119,20 @@ def _overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _opaque(x: Any) -> str | None:
+    """A one-line description of a parameter that is not an array (the flow of an ``auto_flow`` family), or ``None``."""
+    if isinstance(x, int | float | bool | np.ndarray | np.generic | list | tuple | dict) or hasattr(x, "__array__"):
+        return None
+    import jax
+
+    arrays = [v for v in jax.tree_util.tree_leaves(x) if hasattr(v, "shape") and hasattr(v, "dtype")]
+    size = sum(int(np.prod(np.shape(v), dtype=np.int64)) for v in arrays)
+    return f"<{type(x).__name__}: {len(arrays)} arrays, {size} numbers>"
+
+
 def _format(x: Any) -> str:
+    if _opaque(x) is not None:
+        return _opaque(x)
     a = np.asarray(x)
     if a.ndim == 0:
         return f"{a.item():.6g}" if a.dtype.kind in "fc" else str(a.item())
@@ -131,6 +144,8 @@ def _is_float_array(x: Any) -> bool:
 
 
 def _jsonable(x: Any) -> Any:
+    if _opaque(x) is not None:
+        return _opaque(x)
     a = np.asarray(x)
     return a.item() if a.ndim == 0 else a.tolist()
 
@@ -228,7 +243,9 @@ def cmd_fit(ns: argparse.Namespace) -> int:
     if ns.plot:
         cli_support.plot_values(values, np.asarray(res.skipped), ns.plot, f"{os.path.basename(ns.file)}: {name}")
     if ns.out:
-        meta = cli_support.cli_metadata(ns.file, name, names, ns.data, seed=ns.seed, lr=ns.lr, particles=ns.particles)
+        meta = cli_support.cli_metadata(
+            ns.file, name, names, ns.data, observed=sorted(data), seed=ns.seed, lr=ns.lr, particles=ns.particles
+        )
         try:
             res.save(ns.out, metadata=meta)
         except OSError as e:
@@ -256,12 +273,17 @@ def _draw(ns: argparse.Namespace, predict: bool) -> int:
 
     if ns.samples < 1:
         raise UsageError(f"--samples must be at least 1, got {ns.samples}")
-    prog = ppl.lang.load(ns.file)
+    data = _read_json(ns.data, "the data") if predict and ns.data else None
+    # automatic families are built with the fit's observed addresses (saved by fit --out), else --data's
+    fit_obs = cli_support.fit_observed(ns.fit)
+    if fit_obs is None:
+        fit_obs = sorted(data) if isinstance(data, dict) else []
+    prog = ppl.lang.load(ns.file, observed=fit_obs)
     warn = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     ft = cli_support.load_fitted(prog, ns.file, ns.fit, ns.objective, ns.model, ns.guide, warn)
     observed = {}
-    if predict and ns.data:
-        observed = cli_support.check_observed(_read_json(ns.data, "the data"), prog, ft.model_name, ns.data)
+    if data is not None:
+        observed = cli_support.check_observed(data, prog, ft.model_name, ns.data)
     try:
         pred = predictive(
             ft.model if predict else None,
@@ -313,6 +335,8 @@ def cmd_check(ns: argparse.Namespace) -> int:
     for name, info in prog.infos.items():
         params = ", ".join(p.name for p in info.params)
         what = f"{info.kind} {name}({params})" if info.lib is None else f"objective {name} = {info.lib[0]}(...)"
+        if getattr(info, "auto", None) is not None:  # an automatic family: its parameters depend on the data
+            what = f"guide {name} = {info.auto.family}({info.auto.model.name})"
         print(f"{os.path.basename(ns.file)}: {what}")
     return 0
 

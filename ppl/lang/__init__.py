@@ -1,7 +1,8 @@
 """``ppl.lang``: a small text language for models, families, objectives and strategies, compiled to ``ppl``.
 
 A program is a list of declarations. Models and guides compile to ``GenFn``s, objectives to ``Expectation``s, so every
-transformation, strategy and objective of ``ppl`` applies to them unchanged. ``docs/lang.md`` is the reference.
+transformation, strategy and objective of ``ppl`` applies to them unchanged; ``guide q = auto_normal(model)`` declares
+the library's automatic family of a model (:mod:`ppl.lang.families`). ``docs/lang.md`` is the reference.
 
 >>> import jax, ppl.lang
 >>> prog = ppl.lang.compile('''

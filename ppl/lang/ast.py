@@ -269,6 +269,15 @@ class ObjectiveLib(Node):
 
 
 @dataclass(frozen=True)
+class GuideAuto(Node):
+    """``guide name = auto_normal(model, ...)``: an automatic family of the library (:mod:`ppl.lang.families`)."""
+
+    name: Name
+    call: Expr
+    pos: Pos
+
+
+@dataclass(frozen=True)
 class StrategyEntry(Node):
     pattern: str  # an address glob
     strategy: Expr
@@ -284,7 +293,7 @@ class StrategiesDef(Node):
     pos: Pos
 
 
-Decl = GenFnDef | ObjectiveDef | ObjectiveLib | StrategiesDef
+Decl = GenFnDef | GuideAuto | ObjectiveDef | ObjectiveLib | StrategiesDef
 
 
 @dataclass(frozen=True)

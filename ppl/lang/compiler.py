@@ -49,6 +49,7 @@ from . import ast as A
 from .builtins import LIBRARY_FUNCTIONS, LIBRARY_OBJECTIVES, library_signature
 from .codegen import FnCompiler
 from .errors import LangCompileError, LangError, did_you_mean
+from .families import FAMILIES, Family, compile_family
 from .parser import parse
 from .scope import Scope, Var
 
@@ -68,6 +69,7 @@ class FnInfo:
     value: Any = None  # the GenFn (models and guides)
     build: Callable[[Mapping[str, Any]], Expectation] | None = None  # objectives: data -> Expectation
     lib: tuple[str, FnInfo, FnInfo] | None = None  # library objectives: (name, model, guide)
+    auto: Family | None = None  # automatic families (guide name = auto_normal(model))
 
     @property
     def signature(self) -> inspect.Signature:
@@ -78,9 +80,10 @@ class FnInfo:
 
 
 class _Ctx:
-    def __init__(self, prog: A.Program):
+    def __init__(self, prog: A.Program, observed: frozenset[str] = frozenset()):
         self.source, self.filename = prog.source, prog.filename
         self.fns: dict[str, FnInfo] = {}
+        self.observed = observed  # the addresses automatic families treat as observed
 
     def error(self, message: str, pos: A.Pos | None, hint: str = "") -> LangError:
         return LangCompileError(message, pos, self.source, self.filename, hint)
@@ -177,6 +180,30 @@ def _compile_objective(ctx: _Ctx, d: A.ObjectiveDef) -> FnInfo:
     return info
 
 
+def _compile_family(ctx: _Ctx, d: A.GuideAuto) -> FnInfo:
+    """``guide name = auto_normal(model, ...)``: the family's flattened parameters are the guide's parameters, their
+    defaults its initial values (see :mod:`ppl.lang.families`)."""
+
+    def example_args(model: FnInfo, pos: A.Pos) -> tuple[Any, ...]:
+        out = []
+        for p in model.params:
+            if p.name not in model.defaults:
+                raise ctx.error(
+                    f"the family is built at the model's default arguments: parameter {p.name!r} of model "
+                    f"{model.name!r} needs a default",
+                    pos,
+                )
+            out.append(jax.tree_util.tree_map(_trainable, model.defaults[p.name]()))
+        return tuple(out)
+
+    fam = compile_family(ctx, d, example_args)
+    params = tuple(A.Param(n, d.call, d.call.pos) for n in fam.names)
+    info = FnInfo(d.name.id, "guide", d, params, value=fam.guide, auto=fam)
+    info.defaults = {n: (lambda v=v: v) for n, v in zip(fam.names, fam.init, strict=True)}
+    info.addresses = {a: d.call.pos for a in fam.addresses}
+    return info
+
+
 def _compile_library(ctx: _Ctx, d: A.ObjectiveLib) -> FnInfo:
     call = d.call
     if not (isinstance(call, A.Call) and isinstance(call.func, A.Name)):
@@ -186,6 +213,8 @@ def _compile_library(ctx: _Ctx, d: A.ObjectiveLib) -> FnInfo:
             call.pos,
         )
     lib = call.func.id
+    if lib in FAMILIES:
+        raise ctx.error(f"{lib} builds a guide, not an objective: write 'guide name = {lib}(model)'", call.func.pos)
     if lib not in LIBRARY_OBJECTIVES:
         raise ctx.error(
             f"unknown library objective {lib!r}{did_you_mean(lib, LIBRARY_OBJECTIVES)}",
@@ -276,9 +305,19 @@ class Program(dict):
     the default arguments of an objective (from the parameters' defaults), ready for ``grad_estimate``/``ppl.fit``.
     """
 
-    def __init__(self, infos: dict[str, FnInfo], data: Mapping[str, Any] | None, source: str, filename: str):
+    def __init__(
+        self,
+        infos: dict[str, FnInfo],
+        data: Mapping[str, Any] | None,
+        source: str,
+        filename: str,
+        *,
+        syntax: A.Program | None = None,
+        observed: frozenset[str] = frozenset(),
+    ):
         super().__init__()
         self.infos, self.source, self.filename = infos, source, filename
+        self.syntax, self.observed = syntax, observed  # to rebuild automatic families for other data
         self.data = _as_data(data)
         for name, info in infos.items():
             if info.lib is not None:
@@ -298,7 +337,23 @@ class Program(dict):
             )
 
     def with_data(self, data: Mapping[str, Any] | None) -> Program:
-        return Program(self.infos, data, self.source, self.filename)
+        """The same program with objectives bound to ``data``; automatic families are rebuilt if the observed
+        addresses change."""
+        if self.syntax is not None and self.families and set(_as_data(data)) != set(self.data):
+            return compile_program(self.syntax, data, observed=self.observed)
+        return Program(self.infos, data, self.source, self.filename, syntax=self.syntax, observed=self.observed)
+
+    def with_observed(self, observed: Any) -> Program:
+        """The program recompiled with automatic families that also treat the addresses ``observed`` as observed
+        (for drawing from a fit without its data: ``python -m ppl sample``)."""
+        if self.syntax is None or not self.families:
+            return self
+        return compile_program(self.syntax, self.data, observed=frozenset(observed) | self.observed)
+
+    @property
+    def families(self) -> list[str]:
+        """The names of the automatic families (``guide name = auto_normal(model)``)."""
+        return [n for n, i in self.infos.items() if i.auto is not None]
 
     @property
     def objectives(self) -> list[str]:
@@ -310,6 +365,8 @@ class Program(dict):
             key = f"{info.name}.{p.name}"
             if key in overrides:
                 v = overrides[key]
+                if isinstance(v, list):  # a JSON list (--set q.m=[1.0, 2.0]) is an array, as [1.0, 2.0] in a program
+                    v = np.asarray(v)
             elif p.name in info.defaults:
                 v = info.defaults[p.name]()
             else:
@@ -354,9 +411,12 @@ class Program(dict):
         return tuple(f"{info.name}.{p.name}" for p in info.params)
 
 
-def compile_program(prog: A.Program, data: Mapping[str, Any] | None = None) -> Program:
+def compile_program(prog: A.Program, data: Mapping[str, Any] | None = None, *, observed: Any = ()) -> Program:
     """Compile a parsed program (see :func:`ppl.lang.compile`)."""
-    ctx = _Ctx(prog)
+    if isinstance(observed, str):
+        observed = (observed,)
+    observed = frozenset(observed)
+    ctx = _Ctx(prog, frozenset(_as_data(data)) | observed)
     blocks: dict[str, list[A.StrategiesDef]] = {}
     defined = {d.name.id: d for d in prog.decls if not isinstance(d, A.StrategiesDef)}
     for d in prog.decls:
@@ -375,6 +435,8 @@ def compile_program(prog: A.Program, data: Mapping[str, Any] | None = None) -> P
                 raise ctx.error(f"{d.name.id!r} is defined twice (first at {first})", d.name.pos)
             if isinstance(d, A.GenFnDef):
                 info = _compile_genfn(ctx, d)
+            elif isinstance(d, A.GuideAuto):
+                info = _compile_family(ctx, d)
             elif isinstance(d, A.ObjectiveDef):
                 info = _compile_objective(ctx, d)
             else:
@@ -388,19 +450,22 @@ def compile_program(prog: A.Program, data: Mapping[str, Any] | None = None) -> P
             ctx.fns[d.name.id] = info
     except RecursionError:
         raise ctx.error("the program is nested too deeply", None) from None
-    return Program(dict(ctx.fns), data, prog.source, prog.filename)
+    return Program(dict(ctx.fns), data, prog.source, prog.filename, syntax=prog, observed=observed)
 
 
-def compile(source: str, data: Mapping[str, Any] | None = None, *, filename: str = "<string>") -> Program:
-    """Parse and compile ``source``; a :class:`Program` (``dict[str, GenFn | Expectation]``)."""
+def compile(
+    source: str, data: Mapping[str, Any] | None = None, *, filename: str = "<string>", observed: Any = ()
+) -> Program:
+    """Parse and compile ``source``; a :class:`Program` (``dict[str, GenFn | Expectation]``). ``observed``: addresses
+    that automatic families treat as observed besides those of ``data`` (a name or a tuple of names)."""
     if not isinstance(source, str):
         hint = " (a path: use ppl.lang.load(path))" if isinstance(source, os.PathLike) else ""
         raise TypeError(f"ppl.lang.compile takes the program's source text, got {type(source).__name__}{hint}")
-    return compile_program(parse(source, filename), data)
+    return compile_program(parse(source, filename), data, observed=observed)
 
 
-def load(path: str | os.PathLike[str], data: Mapping[str, Any] | None = None) -> Program:
+def load(path: str | os.PathLike[str], data: Mapping[str, Any] | None = None, *, observed: Any = ()) -> Program:
     """:func:`compile` the program in file ``path`` (errors name the file)."""
     with open(path, encoding="utf-8") as f:
         source = f.read()
-    return compile(source, data, filename=os.fspath(path))
+    return compile(source, data, filename=os.fspath(path), observed=observed)

@@ -40,6 +40,7 @@ from .builtins import (
     signature,
 )
 from .errors import LangError, did_you_mean
+from .families import FAMILIES
 from .scope import Scope
 
 Env = dict[str, Any]
@@ -208,6 +209,10 @@ class ExprCompiler:
             raise self.error(
                 f"{f}(...) builds an objective: write 'objective name = {f}(model, guide, ...)' at the top level",
                 e.func.pos,
+            )
+        if f in FAMILIES:
+            raise self.error(
+                f"{f}(...) builds a variational family: write 'guide name = {f}(model)' at the top level", e.func.pos
             )
         if scope.find(f):
             raise self.error(f"{f!r} is a variable, not a function", e.func.pos)

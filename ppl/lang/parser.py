@@ -110,6 +110,10 @@ class _ToAST(Transformer):
         kind, name, params, body = children
         return A.GenFnDef(str(kind), name, tuple(params or ()), body, _pos(meta))
 
+    def guide_auto(self, meta, children):
+        _kw, name, call = children
+        return A.GuideAuto(name, call, _pos(meta))
+
     def objective_def(self, meta, children):
         name, params, body = children
         return A.ObjectiveDef(name, tuple(params or ()), body, _pos(meta))

@@ -2,9 +2,10 @@
 ``predict`` commands need to find its model and guide again, the loss-curve plot, and the result tables.
 
 A fit saved by ``python -m ppl fit FILE.ppl --out FIT`` is a ``FitResult.save`` file whose metadata holds
-``{"cli": {"program", "sha256", "objective", "param_names", "data", "seed", "lr", "particles"}}``. ``sample`` and
-``predict`` recompile the program, check that the saved arguments have the structure and shapes of the objective's
-(a changed program text is only a warning), and take:
+``{"cli": {"program", "sha256", "objective", "param_names", "data", "observed", "seed", "lr", "particles"}}``.
+``sample`` and ``predict`` recompile the program (its automatic families, ``guide q = auto_normal(model)``, with the
+saved ``observed`` addresses: those of the fit's data), check that the saved arguments have the structure and shapes
+of the objective's (a changed program text is only a warning), and take:
 
 * for a library objective (``objective loss = elbo(model, guide)``) its model and guide, with
   ``(model_args, guide_args)`` from the fit;
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,16 +101,26 @@ class Fitted:
     steps: int
 
 
-def _read_fit(path: str) -> tuple[Any, dict[str, Any]]:
-    from .results import load, read_metadata
+def _read_meta(path: str) -> dict[str, Any]:
+    from .results import read_metadata
 
     if not os.path.exists(path):
         raise CliError(f"cannot read the fit {path}: no such file (write one with: python -m ppl fit ... --out FIT)")
     try:
-        return load(path), read_metadata(path)
+        return read_metadata(path)
     except Exception as e:  # not an .npz, not a fit, a newer format...: one line, no traceback
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CliError(f"cannot read the fit {path}: {msg}") from None
+
+
+def fit_observed(path: str) -> list[str] | None:
+    """The observed addresses a fit saved by ``python -m ppl fit --out`` was trained with (``None``: not saved, or
+    not a readable fit — :func:`load_fitted` reports that)."""
+    try:
+        observed = ((_read_meta(path).get("metadata") or {}).get("cli") or {}).get("observed")
+    except CliError:
+        return None
+    return list(observed) if isinstance(observed, list) else None
 
 
 def _pick(prog: Any, kind: str, given: str | None, file: str) -> str:
@@ -128,7 +140,9 @@ def load_fitted(
     """The saved fit ``fit_path`` of the program ``prog`` (compiled from ``file``), its model, guide and arguments."""
     import jax
 
-    res, meta = _read_fit(fit_path)
+    from .results import load
+
+    meta = _read_meta(fit_path)
     cli = (meta.get("metadata") or {}).get("cli") or {}
     if cli.get("sha256") and cli["sha256"] != sha256(file):
         if cli.get("program") == os.path.abspath(file):
@@ -144,14 +158,32 @@ def load_fitted(
     if name not in objectives:
         raise CliError(f"{fit_path} was saved for objective {name!r}, which {file} does not define ({objectives})")
     template = prog.init_args(name)
-    same = jax.tree_util.tree_structure(template) == jax.tree_util.tree_structure(res.args) and all(
-        np.shape(a) == np.shape(b)
-        for a, b in zip(jax.tree_util.tree_leaves(template), jax.tree_util.tree_leaves(res.args), strict=True)
+    try:  # arguments JSON cannot describe (the flow of an auto_flow family) are rebuilt on the program's own
+        with warnings.catch_warnings():  # (its optimizer state cannot be rebuilt: not needed to draw)
+            warnings.simplefilter("ignore", UserWarning)
+            res = load(fit_path, like=template if (meta.get("args") or {}).get("layout") is None else None)
+    except ValueError:  # not the structure of the program's arguments
+        res = None
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CliError(f"cannot read the fit {fit_path}: {msg}") from None
+    same = (
+        res is not None
+        and jax.tree_util.tree_structure(template) == jax.tree_util.tree_structure(res.args)
+        and all(
+            np.shape(a) == np.shape(b)
+            for a, b in zip(jax.tree_util.tree_leaves(template), jax.tree_util.tree_leaves(res.args), strict=True)
+        )
     )
     if not same:
+        why = "saved for another program or another version of it?"
+        if getattr(prog, "families", None) and "observed" not in cli:
+            why += (
+                f"; its automatic families {prog.families} were built with observed addresses {sorted(prog.observed)}"
+                ": the fit does not record its own (python -m ppl fit --out does), predict --data gives them"
+            )
         raise CliError(
-            f"{fit_path} does not match the parameters {prog.param_names(name)} of objective {name!r} in {file} "
-            "(saved for another program or another version of it?)"
+            f"{fit_path} does not match the parameters {prog.param_names(name)} of objective {name!r} in {file} ({why})"
         )
     info = prog.infos[name]
     if info.lib is not None:
