@@ -6,11 +6,13 @@ ADEV compiles an objective into one plain JAX function that estimates its value 
 """
 
 from . import lang
+from .core.family import Family, Program
 from .core.interpreter import PPLError
 from .core.lanes import vmap
 from .core.params import fixed
 from .core.plates import plate
 from .core.primitives import add_cost, factor, sample, scope
+from .core.strategy import STRATEGIES, registry_getattr
 from .gradients import (
     Strategy,
     StrategyError,
@@ -46,6 +48,8 @@ __all__ = [
     "fixed",
     "gen",
     "GenFn",
+    "Family",
+    "Program",
     "Trace",
     "seed",
     "sim",
@@ -93,3 +97,7 @@ __all__ = [
     "to_arviz",
     "lang",
 ]
+# The strategies are spelled out above (the public contract); one registered since is public all the same:
+# ``ppl.<name>`` through the registry (PEP 562), and in ``__all__``. Adding a strategy touches only its own file.
+__all__ += [n for n in STRATEGIES if n not in __all__]
+__getattr__ = registry_getattr(__name__)

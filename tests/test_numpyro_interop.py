@@ -266,8 +266,10 @@ def test_composes_with_jit_vmap_inlining_and_with_strategies():
     assert isinstance(rewritten, NumPyroGenFn)
     tr = rewritten.simulate(jax.random.key(0), {}, SIGMA_8, Y_8)
     np.testing.assert_allclose(gf.assess(tr.choices, {}, SIGMA_8, Y_8)[0], tr.score, rtol=1e-6)
-    with pytest.raises(ppl.PPLError, match="rewritten"):
-        rewritten.init_params(jax.random.key(0), SIGMA_8, Y_8)
+    # the rewritten program keeps its NumPyro source (issue #15: it lost init_params): same parameters, same map
+    init, init0 = (g.init_params(jax.random.key(0), SIGMA_8, Y_8) for g in (rewritten, gf))
+    assert sorted(init) == sorted(init0)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, init, init0)
 
 
 # ---------------------------------------------------------------------------------------------- ELBO = Trace_ELBO

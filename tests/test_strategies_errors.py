@@ -154,8 +154,41 @@ def test_every_registered_strategy_is_exported_and_in_the_language():
     from ppl.core.strategy import STRATEGIES
     from ppl.lang.builtins import STRATEGY_NAMES
 
-    assert set(STRATEGIES) <= set(ppl.__all__), "a registered strategy is not re-exported in ppl/__init__.py"
+    assert set(STRATEGIES) <= set(ppl.__all__) and set(STRATEGIES) <= set(ppl.gradients.__all__)
     assert set(STRATEGIES) == set(STRATEGY_NAMES)
     assert all(getattr(ppl, n) is v for n, v in STRATEGIES.items())
     with pytest.raises(TypeError, match=r"use one of ppl\.baseline, ppl\.detach, ppl\.enum"):
         ppl.sample("z", dist.Normal(0.0, 1.0), strategy="enum")
+
+
+def test_a_strategy_is_one_class_and_one_register_call():
+    """The contract in core is all a new strategy needs: subclassing makes it a pytree (with equality from its
+    fields), registering makes it ``ppl.<name>`` and ``ppl.gradients.<name>`` and lists it in the errors. This one is
+    reinforce written again, so on the same key it gives reinforce's estimate exactly."""
+    from ppl.core.distributions import log_prob
+    from ppl.core.strategy import STRATEGIES, Strategy, register, sg, zero_valued
+
+    class Score(Strategy):
+        name = "score_for_test"
+
+        def sample(self, key, d):
+            x = sg(d.sample(key))
+            return x, zero_valued(log_prob(d, x))
+
+    score = register(Score())
+    try:
+        assert ppl.score_for_test is score and ppl.gradients.score_for_test is score and score == Score()
+        with pytest.raises(ValueError, match="already registered"):
+            register(Score())
+        with pytest.raises(TypeError, match=r"ppl\.reparam, ppl\.score_for_test"):
+            ppl.sample("z", dist.Normal(0.0, 1.0), strategy="score")
+    finally:
+        del STRATEGIES["score_for_test"]
+    with pytest.raises(AttributeError, match="no attribute 'score_for_test'"):
+        ppl.score_for_test  # noqa: B018
+
+    def f(th, s):
+        return (ppl.sample("z", dist.Bernoulli(logits=th), strategy=s) + 1.0) * th**2
+
+    g = jax.jit(lambda s: ppl.expectation(f).grad_estimate(KEY, 0.3, s)[0])
+    assert float(g(score)) == float(g(ppl.reinforce)) != 0.0

@@ -56,13 +56,14 @@ class DistSpec:
     def name(self) -> str:
         return _dist_name(self.treedef)
 
-    def unflatten(self, leaves: Sequence[Any]) -> nd.Distribution:
+    def unflatten(self, leaves: Sequence[Any], validate: bool = True) -> nd.Distribution:
+        """The distribution; ``validate=False`` skips NumPyro's support check in ``log_prob`` (for a value known to
+        be in the support: one the site drew itself)."""
         d = jax.tree_util.tree_unflatten(self.treedef, list(leaves))
-        if self.validate:  # off-support values score -inf, as in NumPyro
-            inner = d
-            while isinstance(inner, nd.Distribution):
-                inner._validate_args = True
-                inner = getattr(inner, "base_dist", None)
+        inner, on = d, self.validate and validate  # off-support values score -inf, as in NumPyro
+        while isinstance(inner, nd.Distribution):
+            inner._validate_args = on
+            inner = getattr(inner, "base_dist", None)
         return d
 
     def __repr__(self) -> str:
@@ -88,9 +89,10 @@ class StrategySpec:
         return jax.tree_util.tree_unflatten(self.treedef, list(leaves))
 
     @property
-    def multi_call(self) -> bool:
-        """Does the strategy need the continuation (enum, mvd, leave_one_out)?"""
-        return bool(getattr(self.unflatten([_Leaf()] * self.treedef.num_leaves), "multi_call", False))
+    def calls(self) -> int | str:
+        """The strategy's continuation calls (``Strategy.calls``; 1 for the default): not 1 means it needs the
+        continuation (enum, mvd, leave_one_out)."""
+        return getattr(self.unflatten([_Leaf()] * self.treedef.num_leaves), "calls", 1)
 
     def __repr__(self) -> str:
         if self.treedef.num_leaves == 0 and self.treedef.num_nodes == 1 and str(self.treedef) == "PyTreeDef(None)":
@@ -130,17 +132,19 @@ class Site:
         """The subsampling scale (``size / subsample_size`` of each enclosing plate, multiplied)."""
         return math.prod(p.scale for p in self.plates)
 
-    def log_prob(self, x: Any) -> Any:
-        """Total log density of value ``x`` (summed over event and batch axes; scaled by subsampling plates)."""
-        lp = jnp.sum(_dists.log_prob(self.dist(), x))
+    def log_prob(self, x: Any, drawn: bool = False) -> Any:
+        """Total log density of value ``x`` (summed over event and batch axes; scaled by subsampling plates).
+        ``drawn``: ``x`` is the site's own draw, in the support by construction (the support check is skipped)."""
+        lp = _dists.log_prob(self.dist(validate=not drawn), x)
+        lp = lp if jnp.ndim(lp) == 0 else jnp.sum(lp)
         return lp if self.scale == 1 else self.scale * lp
 
-    def lane_log_prob(self, x: Any) -> Any:
+    def lane_log_prob(self, x: Any, drawn: bool = False) -> Any:
         """The log density of ``x`` per lane of the site's outermost plate (a ``(lanes,)`` vector, scaled)."""
-        return self.scale * self.plates[0].per_lane(_dists.log_prob(self.dist(), x))
+        return self.scale * self.plates[0].per_lane(_dists.log_prob(self.dist(validate=not drawn), x))
 
-    def dist(self) -> nd.Distribution:
-        return self.spec.unflatten(self.dist_leaves)
+    def dist(self, validate: bool = True) -> nd.Distribution:
+        return self.spec.unflatten(self.dist_leaves, validate)
 
     def strategy(self) -> Strategy | None:
         return self.strategy_spec.unflatten(self.strategy_leaves)

@@ -1,6 +1,11 @@
-"""Gradient strategies: ``from ppl.gradients import reparam, reinforce, enum, mvd, baseline, ...``."""
+"""Gradient strategies: ``from ppl.gradients import reparam, reinforce, enum, mvd, baseline, ...``.
 
-from ..core.strategy import Strategy, StrategyError
+Importing this package registers them (:data:`ppl.core.strategy.STRATEGIES`). The names below are the public
+contract, spelled out for readers and tools; a strategy added since is served from the registry all the same
+(``__getattr__``, ``__all__``), so adding one touches only its own file.
+"""
+
+from ..core.strategy import STRATEGIES, Strategy, StrategyError, default_strategy, registry_getattr
 from .strategies import (
     MVD,
     Detach,
@@ -10,7 +15,6 @@ from .strategies import (
     Reinforce,
     Reparam,
     baseline,
-    default_strategy,
     detach,
     enum,
     implicit_reparam,
@@ -40,3 +44,5 @@ __all__ = [
     "Detach",
     "detach",
 ]
+__all__ += [n for n in STRATEGIES if n not in __all__]
+__getattr__ = registry_getattr(__name__)

@@ -1,7 +1,9 @@
 """Gradient strategies: one small final class each (contract in :mod:`ppl.core.strategy`).
 
 Each estimates ``d/dθ E_{x~p(·;θ)}[k(x)]`` where ``k`` is the rest of the program (the continuation). The
-docstring of each says how many times it runs ``k`` ("calls").
+docstring of each says how many times it runs ``k`` (its ``calls``). Each is registered once, right below its class
+(``register``), which makes it ``ppl.<name>``, a name of the language and one of the strategies error messages list:
+adding a strategy touches this file only.
 
 >>> import jax, numpyro.distributions as dist, ppl
 >>> @ppl.expectation
@@ -34,44 +36,12 @@ from ..core.distributions import TFPDistribution, log_prob
 from ..core.strategy import Strategy, StrategyError, register, sg, weighted, zero_valued
 
 
-def _register(cls):
-    def flatten(s):
-        return tuple(getattr(s, f) for f in cls.children), tuple(getattr(s, f) for f in cls.aux)
-
-    def unflatten(aux, children):
-        obj = object.__new__(cls)
-        for f, v in zip(cls.children, children, strict=True):
-            object.__setattr__(obj, f, v)
-        for f, v in zip(cls.aux, aux, strict=True):
-            object.__setattr__(obj, f, v)
-        return obj
-
-    jax.tree_util.register_pytree_node(cls, flatten, unflatten)
-    return cls
-
-
-class _Base(Strategy):
-    children: tuple[str, ...] = ()
-    aux: tuple[str, ...] = ()
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            type(self) is type(other)
-            and all(getattr(self, f) is getattr(other, f) for f in self.children)
-            and all(getattr(self, f) == getattr(other, f) for f in self.aux)
-        )
-
-    def __hash__(self) -> int:
-        return hash((type(self), tuple(getattr(self, f) for f in self.aux)))
-
-
 def _sum_log_prob(d, x):
     return jnp.sum(log_prob(d, x))
 
 
 @final
-@_register
-class Reparam(_Base):
+class Reparam(Strategy):
     """Pathwise derivative through the distribution's reparameterized sampler. Calls: 1."""
 
     name = "reparam"
@@ -88,9 +58,11 @@ class Reparam(_Base):
         return d.rsample(key), 0.0
 
 
+reparam = register(Reparam())
+
+
 @final
-@_register
-class Detach(_Base):
+class Detach(Strategy):
     """No derivative through this choice: the value is drawn and its dependence on the parameters is dropped.
 
     A *biased* strategy on purpose, for objectives whose gradient is defined with the samples held fixed
@@ -104,12 +76,13 @@ class Detach(_Base):
         return sg(d.sample(key)), 0.0
 
 
+detach = register(Detach())
+
 _IMPLICIT = (nd.Gamma, nd.Beta, nd.Dirichlet, nd.InverseGamma, nd.StudentT)
 
 
 @final
-@_register
-class ImplicitReparam(_Base):
+class ImplicitReparam(Strategy):
     """Implicit reparameterization (Figurnov et al. 2018): the pathwise derivative of samplers with no explicit
     inverse (Gamma, Beta, Dirichlet, InverseGamma, StudentT), from ``∂x/∂θ = −(∂F/∂θ)/p(x)`` as NumPyro's samplers
     implement it. Calls: 1."""
@@ -128,9 +101,11 @@ class ImplicitReparam(_Base):
         return d.rsample(key), 0.0
 
 
+implicit_reparam = register(ImplicitReparam())
+
+
 @final
-@_register
-class Reinforce(_Base):
+class Reinforce(Strategy):
     """Score function (REINFORCE / likelihood ratio): ``l' + (l − b) · ∂θ log p(x; θ)``. Calls: 1.
 
     ``reinforce(baseline=b)`` (or ``baseline(b)``) subtracts a control variate ``b`` that must not depend on ``x``
@@ -157,6 +132,10 @@ class Reinforce(_Base):
         return "reinforce" if self.baseline is None else "reinforce(baseline=*)"
 
 
+reinforce = register(Reinforce())
+
+
+@register
 def baseline(b: Any) -> Reinforce:
     """REINFORCE with control variate ``b``: ``ppl.baseline(b)`` is ``ppl.reinforce(baseline=b)``."""
     return Reinforce(b)
@@ -188,8 +167,7 @@ def _finite_support(d, addr, who, lanes):
 
 
 @final
-@_register
-class Enum(_Base):
+class Enum(Strategy):
     """Exact enumeration over a finite support: ``Σ_v p(v; θ) k(v)``, with ``k`` run under ``vmap`` over the
     support. Calls: |support|. In a map lane or a loop body: the value goes on sampled, and the derivative of the
     choice is ``Σ_v ∂p(v) · F(v)`` with ``F(v)`` a same-key re-run of the map / loop and the rest of the program:
@@ -201,7 +179,7 @@ class Enum(_Base):
     def check(self, d, addr, lanes=False):
         _finite_support(d, addr, "enum", lanes)
 
-    def jvp_estimate(self, key, d, k):
+    def surrogate(self, key, d, k):
         values = _support(d)
         return jnp.sum(jnp.exp(jax.vmap(lambda v: _sum_log_prob(d, v))(values)) * jax.vmap(k)(values))
 
@@ -214,6 +192,9 @@ class Enum(_Base):
         return sg(d.sample(key)), None, values, zero_valued(probs)
 
 
+enum = register(Enum())
+
+
 def _support(d):
     return d.enumerate_support(expand=False).reshape((-1, *d.event_shape))
 
@@ -223,10 +204,9 @@ _GEOMETRIC = (nd.GeometricProbs, nd.GeometricLogits)
 
 
 @final
-@_register
-class MVD(_Base):
+class MVD(Strategy):
     """Measure-valued derivative (weak derivative coupling). Calls: 2 (Bernoulli, Poisson, Geometric),
-    |support| (Categorical).
+    |support| (Categorical), 4 (Normal).
 
     * Bernoulli(p): ``k(x)`` + ``(k(1) − k(0)) · p'``;
     * Categorical(π): ``k(x)`` + ``Σ_j k(j) · π_j'``;
@@ -275,6 +255,9 @@ class MVD(_Base):
         return x, c, (x + sg(d.sample(k2)) + 1)[None], -c[None]
 
 
+mvd = register(MVD())
+
+
 def _normal_coupling(key, d):
     """Weak derivatives of N(μ, σ): ``∂μ = (N⁺ − N⁻)/(σ√(2π))`` with ``N^± = μ ± σ·Rayleigh(1)``, and
     ``∂σ = (DSMaxwell − N(0, 1))/σ`` scaled and shifted; values and zero-valued coefficients."""
@@ -291,8 +274,7 @@ def _normal_coupling(key, d):
 
 
 @final
-@_register
-class LeaveOneOut(_Base):
+class LeaveOneOut(Strategy):
     """REINFORCE over ``n`` samples with the leave-one-out baseline (RLOO, Kool et al. 2019):
     ``(1/n) Σ_i [k(x_i)' + (k(x_i) − mean_{j≠i} k(x_j)) · ∂ log p(x_i)]``. Calls: n.
 
@@ -302,7 +284,6 @@ class LeaveOneOut(_Base):
     """
 
     name = "leave_one_out"
-    calls = "n"
     aux = ("n",)
 
     def __init__(self, n: int = 4):
@@ -313,6 +294,10 @@ class LeaveOneOut(_Base):
     def __call__(self, n: int) -> LeaveOneOut:
         return LeaveOneOut(n)
 
+    @property
+    def calls(self) -> int:  # n continuation calls
+        return self.n
+
     def check(self, d, addr, lanes=False):
         if d.batch_shape != () and not lanes:
             raise StrategyError(
@@ -320,7 +305,7 @@ class LeaveOneOut(_Base):
                 "ppl.plate, map one scalar site over them (jax.vmap or ppl.vmap), or use reinforce"
             )
 
-    def jvp_estimate(self, key, d, k):
+    def surrogate(self, key, d, k):
         xs = sg(d.sample(key, (self.n,)))
         ls = jax.vmap(k)(xs)
         scores = zero_valued(jax.vmap(lambda x: _sum_log_prob(d, x))(xs))
@@ -338,16 +323,4 @@ class LeaveOneOut(_Base):
         return f"leave_one_out({self.n})"
 
 
-reparam = register("reparam", Reparam())
-detach = register("detach", Detach())
-implicit_reparam = register("implicit_reparam", ImplicitReparam())
-reinforce = register("reinforce", Reinforce())
-baseline = register("baseline", baseline)
-enum = register("enum", Enum())
-mvd = register("mvd", MVD())
-leave_one_out = register("leave_one_out", LeaveOneOut())
-
-
-def default_strategy(d: Any) -> Strategy:
-    """``reparam`` where ``d`` has a reparameterized sampler, ``reinforce`` otherwise."""
-    return reparam if d.has_rsample else reinforce
+leave_one_out = register(LeaveOneOut())

@@ -70,8 +70,6 @@ Sharp edges:
       are lifted). ``infer={"enumerate": "parallel"}`` is the ``enum`` *gradient strategy* at a site the guide
       samples (exact per lane in a plate), not NumPyro's marginalization of a model site the guide does not
       sample: give the guide that site.
-    * ``ppl.with_strategies(gf, ...)`` returns a generative function without ``init_params``: call that on the
-      function ``from_numpyro`` returned.
 """
 
 from __future__ import annotations
@@ -255,26 +253,18 @@ class _Converted:
 class NumPyroGenFn(GenFn):
     """A ``GenFn`` converted from a NumPyro function (see :func:`from_numpyro`); called as ``gf(params, *args)``."""
 
-    def __init__(self, fn: Callable[..., Any]):
+    def __init__(self, fn: _Converted):
         super().__init__(fn)
-        self.source = fn if isinstance(fn, _Converted) else None
+        self.source = fn  # kept by program transformations (``map_programs`` copies): init_params still works
         self._with_det: GenFn | None = None
 
     def __repr__(self) -> str:
         return f"NumPyroGenFn({self.__name__})"
 
-    def _src(self, who: str) -> _Converted:
-        if self.source is None:
-            raise PPLError(
-                f"{who}: this generative function was rewritten (e.g. by ppl.with_strategies) and no longer knows "
-                "its NumPyro source; call it on the function ppl.from_numpyro returned"
-            )
-        return self.source
-
     def init_params(self, key: Any, *args: Any) -> dict[str, Any]:
         """Initial *unconstrained* values of the ``numpyro.param`` sites (``init_value``, mapped by the inverse of
         ``biject_to(constraint)``), running the function once under NumPyro's ``seed``."""
-        src = self._src("init_params")
+        src = self.source
         with numpyro.handlers.trace() as tr, numpyro.handlers.seed(rng_seed=key):
             src.fn(*args)
         out: dict[str, Any] = {}
@@ -286,7 +276,7 @@ class NumPyroGenFn(GenFn):
         return out
 
     def _constraints(self, who: str, names: Any, args: tuple[Any, ...]) -> dict[str, Any]:
-        src = self._src(who)
+        src = self.source
         if any(n not in src.constraints for n in names):
             try:
                 self.init_params(jax.random.key(0), *args)
@@ -318,7 +308,7 @@ class NumPyroGenFn(GenFn):
     def deterministics(self, choices: Mapping[str, Any], *args: Any) -> dict[str, Any]:
         """``{name: value}`` of the ``numpyro.deterministic`` sites for the given choices (args as for ``assess``,
         params first)."""
-        src = self._src("deterministics")
+        src = self.source
         if self._with_det is None:
             self._with_det = GenFn(_Converted(src.fn, src.lift_params, return_deterministic=True))
         return self._with_det.assess(choices, *args)[1][1]

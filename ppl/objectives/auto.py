@@ -81,6 +81,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from numpyro.distributions.util import sum_rightmost
 
+from .._jax_internals import is_tracer
 from ..core.distributions import Subsample
 from ..core.interpreter import Interpretation, PPLError, RuleTable, State, control_flow_rules, run
 from ..core.primitives import PlateSpec, Site, _push_plate, cost_p, factor_p, sample_p
@@ -209,7 +210,7 @@ def _classify(who: str, addr: str, d: Any, plates: tuple[PlateSpec, ...]) -> tup
             )
         return len(d.event_shape), plates, None, k, kind
     t = biject_to(support)
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(t)):
+    if any(map(is_tracer, jax.tree_util.tree_leaves(t))):
         raise PPLError(
             f"{who}: site {addr!r}: its support {support} depends on values inside a loop, branch or map; "
             "write this site of the guide by hand"
@@ -242,7 +243,7 @@ def _read(who: str, model: Any, model_args: tuple[Any, ...], observed: Any, key:
             init = jnp.where(jnp.isfinite(t.inv(x)), t.inv(x), 0.0)
         lat = _Latent(addr, tuple(jnp.shape(x)), event_ndim, plates, t, k, kind, init)
         outside = math.prod(lat.shape) // math.prod(p.lanes for p in lat.plates)
-        if t is None and outside > 1 and getattr(strategy, "multi_call", False):
+        if t is None and outside > 1 and getattr(strategy, "calls", 1) != 1:
             raise PPLError(
                 f"{who}: discrete site {addr!r} has shape {lat.shape}, of which {outside} elements are outside "
                 f"any plate: {strategy!r} would enumerate them jointly. Pass discrete_strategy=ppl.reinforce, or "

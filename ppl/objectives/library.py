@@ -47,11 +47,11 @@ from ..core.distributions import Subsample
 from ..core.interpreter import PPLError
 from ..core.lanes import vmap
 from ..core.primitives import bind_sample
-from ..core.strategy import Strategy, StrategyError, sg, zero_valued
-from ..gradients.strategies import ImplicitReparam, Reinforce, Reparam, default_strategy, detach, reinforce
+from ..core.strategy import Strategy, StrategyError, default_strategy, sg, zero_valued
+from ..gradients.strategies import ImplicitReparam, Reinforce, Reparam, detach, reinforce
 from ..transforms.adev import Expectation, expectation
 from ..transforms.strategy_rewrite import first_match, with_strategies
-from ..transforms.tracing import GenFn, density, sim, sites
+from ..transforms.tracing import GenFn, as_family, density, sim, sites
 
 GuideInputs = Callable[[Mapping[str, Any]], Any]
 """``guide_inputs(observations)``: extra positional arguments for an amortized guide (a value or a tuple)."""
@@ -85,7 +85,7 @@ def _joint(z: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
 def _latents(guide: Any, z: Mapping[str, Any]) -> Mapping[str, Any]:
     """The guide's choices the model scores: all but the guide's declared ``auxiliary`` addresses (the joint draw of
     ``ppl.auto_multivariate_normal``: its density is part of ``log q``, the model has no such choice)."""
-    aux = getattr(guide, "auxiliary", ())
+    aux = getattr(guide, "auxiliary", ())  # a plain function (made a family by sim) has none
     return {a: v for a, v in z.items() if a not in aux} if aux else z
 
 
@@ -163,11 +163,12 @@ def elbo(
     guide_inputs: GuideInputs | None = None,
 ) -> Expectation:
     """``E_q[log p(x, z) − log q(z)]``. With an estimated-density guide (``ppl.marginal``) this is HVI/IWHVI."""
+    estimated = as_family(guide, "elbo").estimated_density
 
     @expectation
     def elbo(model_args, guide_args, obs=None):
         d, margs, gargs = _resolve(data, obs, model_args, guide_args, guide_inputs)
-        if not isinstance(guide, GenFn) and hasattr(guide, "_sim"):  # an estimated density: one term
+        if estimated:  # an estimated density: one term
             z, log_q = sim(guide, *gargs)
             return _score(model, _latents(guide, z), d, *margs) - log_q
         z, _ = sim(guide, *gargs, cost=-1.0)  # every site's log density is a term (per lane in a plate)

@@ -40,6 +40,7 @@ from typing import Any
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
+from ..core.family import Family, Transform
 from ..core.lanes import vmap
 from ..transforms.tracing import GenFn, density, gen, record, sim
 
@@ -60,8 +61,10 @@ def sir(n: int, proposal: Any = None) -> SIR:
     return SIR(n, None if proposal is None else gen(proposal))
 
 
-class Marginal:
+class Marginal(Family):
     """A family over the ``select``-ed choices of ``q`` with an estimated density (see the module docstring)."""
+
+    estimated_density = True
 
     def __init__(self, q: Any, select: Sequence[str], inner: SIR):
         self.q, self.select, self.inner = gen(q), tuple(select), inner
@@ -97,12 +100,17 @@ class Marginal:
             ws.append(vmap(lambda: self._log_weight(z, args, None), axis_size=n)())
         return logsumexp(jnp.concatenate(ws)) - jnp.log(self.inner.n)
 
-    def _sim(self, *args: Any) -> tuple[dict[str, Any], Any]:
+    def map_programs(self, transform: Transform) -> Marginal:
+        """The marginal of ``q`` transformed, with the proposal (if any) transformed too."""
+        q, r = self.q.map_programs(transform), self.inner.proposal
+        return Marginal(q, self.select, SIR(self.inner.n, None if r is None else r.map_programs(transform)))
+
+    def sim(self, *args: Any, cost: float = 0.0) -> tuple[dict[str, Any], Any]:
         choices, _ = sim(self.q, *args)
         z, u = self._split(choices)
         return z, self._estimate(z, args, u)
 
-    def _density(self, choices: Mapping[str, Any], *args: Any) -> Any:
+    def density(self, choices: Mapping[str, Any], *args: Any, cost: float = 0.0) -> Any:
         return self._estimate(dict(choices), args, None)
 
 

@@ -36,6 +36,7 @@ Sharp edges:
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from .._jax_internals import SCAN, Jaxpr, subjaxprs
+from ..core.family import Program, Transform
 from ..core.interpreter import (
     Interpretation,
     PPLError,
@@ -63,8 +65,7 @@ from ..core.params import parameter_mask, unwrap
 from ..core.plates import plated_sites, site_plate
 from ..core.primitives import Site, cost_p, factor_p, map_p, sample_p
 from ..core.staging import Staged
-from ..core.strategy import sg, weighted
-from ..gradients.strategies import default_strategy
+from ..core.strategy import Strategy, default_strategy, sg, weighted
 
 # ---------------------------------------------------------------------------------------------- rules
 
@@ -72,16 +73,16 @@ from ..gradients.strategies import default_strategy
 def _adev_sample(interp, state, eqn, invals):
     site = Site.of(invals, **eqn.params)
     key, state = state.next_key()
-    d = site.dist()
+    d = site.dist(validate=False)  # the strategy scores only the site's own draws (in the support)
     s = site.strategy() or default_strategy(d)
-    if s.multi_call and site.plates and not interp.value_only:
+    if s.calls != 1 and site.plates and not interp.value_only:
         raise _plated_error(
             interp, site, "is inside a lax.scan body, a cond branch or a map lane (such as iwae's particles)"
         )
     s.check(d, site.addr, lanes=bool(site.plates))
     dtype = eqn.outvars[0].aval.dtype
     state = _mark_scored(state, s, site.addr)
-    if s.multi_call:  # in a map lane or a loop body: sample, and ask the enclosing map / loop for the correction
+    if s.calls != 1:  # in a map lane or a loop body: sample, and ask the enclosing map / loop for the correction
         x, c0, values, coeffs = s.couple(key, d)
         sid = state.path + (id(eqn),)
         x = interp.replaced(sid, state.index, jnp.asarray(x, dtype))
@@ -91,6 +92,8 @@ def _adev_sample(interp, state, eqn, invals):
             state = state.request(sid, (values.astype(dtype), jnp.asarray(coeffs, zero().dtype)))
         return [x], state
     x, score = s.sample(key, d)
+    if isinstance(score, float) and score == 0.0 and type(s).cost is Strategy.cost:  # pathwise, detach: no terms
+        return [x], state
     score = jnp.asarray(score, zero().dtype)
     total = jnp.sum(score)
     state = state.add("acc", jnp.asarray(s.cost(total), zero().dtype))
@@ -102,7 +105,7 @@ def _adev_sample(interp, state, eqn, invals):
 def _adev_sample_cps(interp, state, eqn, invals, k):
     site = Site.of(invals, **eqn.params)
     key, state = state.next_key()
-    d, s = site.dist(), site.strategy()
+    d, s = site.dist(validate=False), site.strategy()
     dtype = eqn.outvars[0].aval.dtype
     acc, rest = state.carry["acc"], replace(_mark_scored(state, s, site.addr), carry={**state.carry, "acc": zero()})
     if site.plates:
@@ -114,7 +117,7 @@ def _adev_sample_cps(interp, state, eqn, invals, k):
             f"{interp.collect!r}) is not supported; sample it before the plate, or use a one-call strategy there"
         )
     s.check(d, site.addr)
-    return acc + s.jvp_estimate(key, d, lambda x: k([jnp.asarray(x, dtype)], rest))
+    return acc + s.surrogate(key, d, lambda x: k([jnp.asarray(x, dtype)], rest))
 
 
 def _plated_estimate(interp, eqn, site, key, d, s, rest, k):
@@ -244,10 +247,11 @@ def _adev_cost(interp, state, eqn, invals):
     plate, c = eqn.params.get("plate"), invals[0]
     if eqn.params.get("own") in state.scored:  # log q of a site drawn without a pathwise derivative: its direct
         c = sg(c)  # derivative has mean zero given the draw (E[∇ log q] = 0); leaving it out lowers the variance
-    term = weighted(c, _score(state, plate))
+    score = _score(state, plate)
+    term = c if score is interp.zero_score else weighted(c, score)  # no score yet (pathwise sites only): c itself
     if plate is not None and interp.collect == plate.name:
         return [], state.add(_C + plate.name, term)
-    return [], state.add("acc", jnp.sum(term))
+    return [], state.add("acc", term if jnp.ndim(term) == 0 else jnp.sum(term))
 
 
 def _factor_in_expectation(interp, state, eqn, invals):
@@ -266,7 +270,7 @@ def _has_multi_call(jaxpr: Jaxpr) -> bool:
 
 def _eqn_multi_call(eqn) -> bool:
     if eqn.primitive is sample_p:
-        return eqn.params["strategy"].multi_call
+        return eqn.params["strategy"].calls != 1
     return any(map(_has_multi_call, subjaxprs(eqn)))
 
 
@@ -285,6 +289,7 @@ class ADEV(Interpretation):
     replace_value: Any = None
     plated: Mapping[Any, str | None] = field(default_factory=dict, hash=False, compare=False)
     collect: str | None = None  # a re-run that returns this plate's per-lane terms
+    zero_score: Any = field(default=None, hash=False, compare=False)  # the initial ``S`` (no score term so far)
     name = "adev"
     rules = RuleTable(
         {sample_p: _adev_sample, factor_p: _factor_in_expectation, cost_p: _adev_cost, **control_flow_rules()}
@@ -324,7 +329,7 @@ def _finish(outs, state, interp=None):
 # ---------------------------------------------------------------------------------------------- expectations
 
 
-class Expectation:
+class Expectation(Program):
     """``E[f](θ)`` for a program ``f`` whose random choices carry gradient strategies (``@ppl.expectation``).
 
     All methods take a key then the arguments of ``f``; gradients are with respect to the parameters — every
@@ -341,6 +346,13 @@ class Expectation:
     def __repr__(self) -> str:
         return f"Expectation({self.__name__})"
 
+    def map_programs(self, transform: Transform) -> Expectation:
+        """The expectation of ``transform(self)`` (a :class:`~ppl.core.family.Program`)."""
+        new = copy.copy(self)
+        new.fn = transform(self)
+        new.staged = Staged(new.fn)
+        return new
+
     def surrogate(self, key: Any, *args: Any) -> jax.Array:
         """The ADEV surrogate: value = unbiased estimate; JAX derivative = unbiased derivative estimate."""
         jaxpr, out_tree, dyn = self.staged.stage(args)
@@ -352,8 +364,9 @@ class Expectation:
             )
         plated = plated_sites(jaxpr.jaxpr)
         lanes = {_S + site_plate(e).name: jnp.zeros(site_plate(e).lanes) for e, r in plated.items() if r is None}
-        state = State(key=key, carry={"S": zero(), "acc": zero(), **lanes})
-        return run(ADEV(plated=plated), jaxpr, dyn, state, cont=_finish)
+        s0 = zero()
+        state = State(key=key, carry={"S": s0, "acc": zero(), **lanes})
+        return run(ADEV(plated=plated, zero_score=s0), jaxpr, dyn, state, cont=_finish)
 
     def estimate(self, key: Any, *args: Any) -> jax.Array:
         """An unbiased estimate of ``E[f](args)``."""
@@ -444,6 +457,9 @@ class SumOver(Expectation):
         self.fn, self.staged = inner.fn, inner.staged
         self.__name__ = f"sum_over({inner.__name__})"
         self.__doc__ = inner.__doc__
+
+    def map_programs(self, transform: Transform) -> SumOver:
+        return SumOver(self.inner.map_programs(transform), self.in_axes)
 
     def surrogate(self, key: Any, *args: Any) -> jax.Array:
         axes = self.in_axes if isinstance(self.in_axes, tuple) else (self.in_axes,) * len(args)

@@ -24,10 +24,12 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import jax
 
+from ..core.family import Program
 from ..core.interpreter import Interpretation, PPLError, RuleTable, State, addresses, control_flow_rules, rebind, run
 from ..core.primitives import Site, StrategySpec, cost_p, factor_p, sample_p
 from ..core.staging import Staged
@@ -53,6 +55,8 @@ def first_match(patterns: Any, addr: str) -> tuple[str, Strategy] | None:
 
 @dataclass(frozen=True)
 class SetStrategies(Interpretation):
+    """Re-binds each site with the strategy of the first matching pattern (``matched`` records which matched)."""
+
     patterns: tuple[tuple[str, Strategy], ...]
     default: Strategy | None
     matched: set[str] = field(default_factory=set)
@@ -70,42 +74,62 @@ class SetStrategies(Interpretation):
         return None
 
 
+@dataclass
+class _Rewrite:
+    """The transformation ``with_strategies`` maps over a family's programs (a ``Transform``), with one record of the
+    patterns matched and the addresses seen across all of them: a pattern is an error only if it matches no address
+    of any program of the family, checked once every program has been staged."""
+
+    patterns: tuple[tuple[str, Strategy], ...]
+    default: Strategy | None
+    programs: list[str] = field(default_factory=list)
+    staged: set[int] = field(default_factory=set)
+    matched: set[str] = field(default_factory=set)
+    seen: set[str] = field(default_factory=set)
+
+    def __call__(self, program: Any) -> Any:
+        index, name = len(self.programs), getattr(program, "__name__", "program")
+        self.programs.append(name)
+
+        def rewritten(*args: Any) -> Any:
+            jaxpr, out_tree, dyn = program.staged.stage(args)
+            outs, _ = run(SetStrategies(self.patterns, self.default, self.matched), jaxpr, dyn, State())
+            self.seen |= addresses(jaxpr)
+            self.staged.add(index)
+            unmatched = [p for p, _ in self.patterns if p not in self.matched]
+            if unmatched and len(self.staged) == len(self.programs):
+                of = " and ".join(repr(n) for n in self.programs)
+                raise PPLError(
+                    f"with_strategies: pattern(s) {unmatched} match no address of {of}; its addresses are "
+                    f"{sorted(self.seen)}"
+                )
+            return jax.tree_util.tree_unflatten(out_tree, outs)
+
+        rewritten.__name__ = name
+        return rewritten
+
+
 def with_strategies(f: Any, strategies: Mapping[str, Strategy], default: Strategy | None = None) -> Any:
     """The same program with gradient strategies set by address glob (``{"z*": enum, "enc/w": reinforce}``).
 
-    Works on ``GenFn``s, ``Expectation``s and plain functions, and returns the same kind. A bare strategy means
+    Works on every :class:`~ppl.core.family.Program` — generative functions (NumPyro-converted ones keep
+    ``init_params``, automatic families their ``auxiliary``), ``ppl.marginal`` families (the family and its proposal),
+    expectations, ``sum_over`` — and on plain functions, and returns the same kind. A bare strategy means
     ``{"*": strategy}``.
     """
-    from .adev import Expectation, SumOver
-    from .tracing import GenFn
-
     if isinstance(strategies, Strategy):  # one strategy for every address
         strategies = {"*": strategies}
     if not isinstance(strategies, Mapping):
         raise TypeError(f"with_strategies: strategies must map address globs to strategies, got {strategies!r}")
-    if isinstance(f, SumOver):
-        return SumOver(with_strategies(f.inner, strategies, default), f.in_axes)
-
     for pat, s in strategies.items():
         if not isinstance(s, Strategy):
             raise TypeError(f"with_strategies: the strategy for pattern {pat!r} is {s!r}, not a gradient strategy")
     if default is not None and not isinstance(default, Strategy):
         raise TypeError(f"with_strategies: default={default!r} is not a gradient strategy")
-    fn = f.fn if isinstance(f, GenFn | Expectation) else f
-    staged = f.staged if isinstance(f, GenFn | Expectation) else Staged(fn)
-    patterns = tuple(strategies.items())
-
-    def rewritten(*args: Any) -> Any:
-        jaxpr, out_tree, dyn = staged.stage(args)
-        interp = SetStrategies(patterns, default)
-        outs, _ = run(interp, jaxpr, dyn, State())
-        unmatched = [p for p, _ in patterns if p not in interp.matched]
-        if unmatched:
-            raise PPLError(
-                f"with_strategies: pattern(s) {unmatched} match no address of {getattr(fn, '__name__', fn)!r}; "
-                f"its addresses are {sorted(addresses(jaxpr))}"
-            )
-        return jax.tree_util.tree_unflatten(out_tree, outs)
-
-    rewritten.__name__ = getattr(fn, "__name__", "program")
-    return type(f)(rewritten) if isinstance(f, GenFn | Expectation) else rewritten
+    rewrite = _Rewrite(tuple(strategies.items()), default)
+    if isinstance(f, Program):
+        return f.map_programs(rewrite)
+    if not callable(f):
+        raise TypeError(f"with_strategies: expected a program (a function, @ppl.gen, an expectation), got {f!r}")
+    program = SimpleNamespace(staged=Staged(f), __name__=getattr(f, "__name__", "program"))
+    return rewrite(program)

@@ -26,6 +26,7 @@ Sharp edges:
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._jax_internals import is_tracer, subjaxprs
+from ..core.family import Family, Transform
 from ..core.interpreter import (
     Interpretation,
     PPLError,
@@ -91,17 +93,19 @@ def _tracing_sample(interp, state, eqn, invals):
         x = observed.astype(dtype)  # the program continues with a value of the site's type
         state = state.add("weight", lp)
     else:
-        if site.addr in interp.fixed:
+        drawn = site.addr not in interp.fixed  # the site's own draw: in the support, no check needed
+        if not drawn:
             x = jnp.asarray(interp.fixed[site.addr], dtype)
         elif interp.draw:
             x = _draw(site, key)
         else:
             x = sample_p.bind(*invals, **eqn.params)
-        lp = site.log_prob(x)
+        lp = site.log_prob(x, drawn)
     if interp.cost:  # the site's log density, as a term of the enclosing expectation (per lane in a plate)
         own = site.addr if not interp.draw and site.addr not in interp.constraints else None  # a drawn guide site
         if site.plates:
-            cost_p.bind(interp.cost * site.lane_log_prob(x), plate=site.plates[0], own=own)
+            drawn = site.addr not in interp.constraints and site.addr not in interp.fixed
+            cost_p.bind(interp.cost * site.lane_log_prob(x, drawn), plate=site.plates[0], own=own)
         else:
             cost_p.bind(interp.cost * lp, plate=None, own=own)
     return [x], state.add("score", lp).record(site.addr, x)
@@ -261,10 +265,11 @@ def _initial(key: Any) -> State:
     return State(key=key, carry={"score": zero(), "weight": zero()})
 
 
-class GenFn:
+class GenFn(Family):
     """A generative function: a program with addressed random choices (``@ppl.gen``).
 
-    Calling it inside another ``@ppl.gen`` function (or an expectation) inlines it.
+    Calling it inside another ``@ppl.gen`` function (or an expectation) inlines it. A :class:`~ppl.core.family.Family`:
+    ``ppl.sim``/``ppl.density`` call its :meth:`sim`/:meth:`density`.
     """
 
     def __init__(self, fn: Callable[..., Any]):
@@ -278,6 +283,27 @@ class GenFn:
 
     def __repr__(self) -> str:
         return f"GenFn({self.__name__})"
+
+    def map_programs(self, transform: Transform) -> GenFn:
+        """A copy (same class and attributes: a NumPyro program keeps ``init_params``, an automatic family its
+        ``auxiliary``) running ``transform(self)``."""
+        new = copy.copy(self)
+        new.fn = transform(self)
+        new.staged = Staged(new.fn)
+        return new
+
+    def sim(self, *args: Any, cost: float = 0.0) -> tuple[dict[str, Any], Any]:
+        """Inside an expectation: ``(choices, log q(choices))`` (see :func:`ppl.sim`)."""
+        return record(self, args, cost=cost)[0:2]
+
+    def density(self, choices: Mapping[str, Any], *args: Any, cost: float = 0.0) -> Any:
+        """``log p(choices)`` (see :func:`ppl.density`)."""
+        if not cost:
+            return self.assess(choices, *args)[0]
+        jaxpr, _, dyn = self.staged.stage(args)
+        _check_constraints(jaxpr, dict(choices), f"{self.__name__}.density", require_all=True)
+        _, st = run(Tracing(dict(choices), cost=float(cost)), jaxpr, dyn, _initial(None))
+        return st.carry["score"]
 
     def _trace(self, key, constraints, args, who, require_all=False):
         constraints = dict(constraints)
@@ -331,12 +357,18 @@ def seed(f: Callable[..., Any]) -> Callable[..., Any]:
     return seeded
 
 
-def _as_genfn(q: Any, who: str) -> GenFn:
-    if isinstance(q, GenFn) or hasattr(q, "_sim"):
+def as_family(q: Any, who: str) -> Family:
+    """``q`` as a :class:`~ppl.core.family.Family` (a plain function becomes a generative function)."""
+    if isinstance(q, Family):
         return q
     if callable(q):
         return gen(q)
-    raise TypeError(f"ppl.{who}: expected a generative function (@ppl.gen), got {type(q).__name__}")
+    raise TypeError(f"ppl.{who}: expected a generative function (@ppl.gen) or another family, got {type(q).__name__}")
+
+
+def _no_site_terms(q: Family, who: str, cost: float) -> None:
+    if cost and q.estimated_density:
+        raise PPLError(f"ppl.{who}(..., cost={cost}): {q!r} has an estimated density, with no per-site terms")
 
 
 def sim(q: Any, *args: Any, cost: float = 0.0) -> tuple[dict[str, Any], Any]:
@@ -349,12 +381,9 @@ def sim(q: Any, *args: Any, cost: float = 0.0) -> tuple[dict[str, Any], Any]:
     ``ppl.plate``) placed right after the site: each term is then multiplied only by the scores of the choices
     before it in its lane — lower variance than returning the same number. Do not also return ``log q``.
     """
-    q = _as_genfn(q, "sim")
-    if hasattr(q, "_sim"):
-        if cost:
-            raise PPLError(f"ppl.sim(..., cost={cost}): {q!r} has an estimated density, with no per-site terms")
-        return q._sim(*args)
-    return record(q, args, cost=cost)[0:2]
+    q = as_family(q, "sim")
+    _no_site_terms(q, "sim", cost)
+    return q.sim(*args, cost=cost)
 
 
 def record(
@@ -400,14 +429,6 @@ def density(p: Any, choices: Mapping[str, Any], *args: Any, cost: float = 0.0) -
     the addresses ``p`` samples. ``cost=c``: inside an expectation, also add ``c · log p`` as one term per site (per
     lane inside a ``ppl.plate``), as :func:`sim` does; do not also return it.
     """
-    p = _as_genfn(p, "density")
-    if hasattr(p, "_density"):
-        if cost:
-            raise PPLError(f"ppl.density(..., cost={cost}): {p!r} has an estimated density, with no per-site terms")
-        return p._density(choices, *args)
-    if not cost:
-        return p.assess(choices, *args)[0]
-    jaxpr, _, dyn = p.staged.stage(args)
-    _check_constraints(jaxpr, dict(choices), f"{p.__name__}.density", require_all=True)
-    _, st = run(Tracing(dict(choices), cost=float(cost)), jaxpr, dyn, _initial(None))
-    return st.carry["score"]
+    p = as_family(p, "density")
+    _no_site_terms(p, "density", cost)
+    return p.density(choices, *args, cost=cost)

@@ -174,8 +174,7 @@ def _biased_sites(obj: Any, args: tuple[Any, ...]) -> list[str]:
 
 
 def _calls(s: Strategy) -> str:
-    c = str(getattr(s, "calls", "?"))
-    return str(s.n) if c == "n" and hasattr(s, "n") else c
+    return str(getattr(s, "calls", "?"))
 
 
 def _describe(mapping: Mapping[str, Strategy]) -> str:
