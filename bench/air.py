@@ -61,14 +61,14 @@ After training, on the held-out canvases: the ELBO (every variant evaluated with
 same up to the ε-probability of a ``z_pres = 1`` after an absent one).
 
 Run ``python bench/air.py`` (full: 30 epochs of 3,200 canvases per variant, ≈ 12 minutes on 2 shared cores),
-``--quick`` (2 epochs of 256 canvases, ≈ 3–5 minutes: XLA compiles nine programs) or ``--tiny`` (one step per
-variant, 2 AIR steps instead of 3, XLA optimization level 0; ≈ 1 minute, a smoke test). ``--only enum,mvd`` runs a
-subset (names comma-separated), ``--epochs``/``--train`` resize.
+``--quick`` (2 epochs of 256 canvases, ≈ 3–5 minutes: XLA compiles nine programs) or ``--tiny`` (a smoke test: one
+step of three variants — enum, baseline, IWAE(2) mvd: every code path — with 2 AIR steps instead of 3, XLA
+optimization level 0). ``--only enum,mvd`` runs a subset (names comma-separated), ``--epochs``/``--train``
+resize.
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 import common  # bench/common.py: the protocol; puts the checkout on sys.path before `import ppl`
@@ -320,7 +320,7 @@ def make_evaluator(model, guide, size: int, x_test, counts, steps: int = STEPS):
                                  guide_inputs=lambda d: d["obs"]), in_axes=(None, None, 0))
     n = x_test.shape[0]
 
-    @jax.jit
+    @common.jit
     def evaluate(key, params):
         k1, k2 = jax.random.split(key)
         value = elbo.estimate(k1, (params["dec"],), (params["guide"], params["dec"]), {"obs": x_test}) / n
@@ -337,18 +337,21 @@ def make_evaluator(model, guide, size: int, x_test, counts, steps: int = STEPS):
 # ---------------------------------------------------------------------------------------------- main
 
 
-def main() -> None:
+# --tiny's variants: one of each code path (ELBO + enum, REINFORCE with a learned baseline
+# through sim/density, IWAE with a multi-call strategy in the particles' map lanes)
+TINY_VARIANTS = ("enum", "baseline", "IWAE(2) mvd")
+
+
+def main(argv=None) -> None:
     ap = common.parser(__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=None, help="training epochs per variant (default 30; quick 2)")
     ap.add_argument("--train", type=int, default=None, help="training canvases (default 3200)")
     ap.add_argument("--only", default=None, help="comma-separated variant names to run (default: all)")
     ap.add_argument("--seed", type=int, default=0, help="initialization and training keys (the data are fixed)")
-    args = ap.parse_args()
-    if args.tiny and "XLA_FLAGS" not in os.environ:  # a smoke test: compile fast, the timings mean nothing
-        os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+    args = ap.parse_args(argv)
     size, steps = 40, STEPS
-    if args.tiny:
-        n_train, n_test, epochs, every = BATCH, 64, 1, 1
+    if args.tiny:  # a smoke test: small programs compiled fast (common.print_header), the timings mean nothing
+        n_train, n_test, epochs, every = BATCH, 32, 1, 1
         steps = 2  # smaller programs to compile: the IWAE + mvd/enum ones re-run the map per (particle, value)
     elif args.quick:
         n_train, n_test, epochs, every = 8 * BATCH, 256, 2, 1
@@ -358,8 +361,8 @@ def main() -> None:
     n_batches = (args.train or n_train) // BATCH
     common.print_header("Attend-Infer-Repeat: gradient strategies for z_pres (time per epoch, counting)", args, epochs)
     if args.tiny:
-        print("(--tiny: 2 AIR steps, XLA backend optimization level 0, to compile fast; its timings are not "
-              "measurements)")
+        print(f"(--tiny: variants {', '.join(TINY_VARIANTS)}; 2 AIR steps, XLA backend optimization level 0, to "
+              "compile fast; its timings are not measurements)")
     print(f"canvases {size}×{size} with 0–2 digits (14×14), {n_batches * BATCH} for training, {n_test} held out; "
           f"{steps} steps, z_what {WHAT}, LSTM {HIDDEN}, minibatch {BATCH}, Adam lr {LR}, {epochs} epoch(s) of "
           f"{n_batches} steps per variant (timed repetitions = epochs), seed {args.seed}\n", flush=True)
@@ -367,8 +370,8 @@ def main() -> None:
     x_tr, _, x_te, c_te = load_data(size, n_batches * BATCH, n_test)
     model, guide = make_model_guide(size, steps)
     variants = make_variants(model, guide, size, steps)
-    if args.only:
-        keep = [s.strip() for s in args.only.split(",")]
+    if args.only or args.tiny:
+        keep = [s.strip() for s in args.only.split(",")] if args.only else list(TINY_VARIANTS)
         if unknown := [k for k in keep if k not in variants]:
             ap.error(f"--only: unknown variant(s) {unknown}; the variants are {list(variants)}")
         variants = {k: v for k, v in variants.items() if k in keep}
@@ -378,13 +381,13 @@ def main() -> None:
     evaluate = make_evaluator(model, guide, size, x_te, c_te, steps)
     k_eval = jax.random.key(3)
     elbo0, acc0, _ = evaluate(k_eval, params0)
-    print(f"untrained: held-out ELBO {float(elbo0):.1f}, count accuracy {float(acc0):.3f}", flush=True)
+    common.progress(f"untrained: held-out ELBO {float(elbo0):.1f}, count accuracy {float(acc0):.3f}")
 
     compiled, state = {}, {}
     for name, grad in variants.items():
         c = common.compile_timed(name, make_epoch(grad, n_batches, optimizer), params0, opt0, jax.random.key(1), x_tr)
         compiled[name], state[name] = c, (params0, opt0)
-        print(f"compiled {name}: trace {c.trace_s:.2f} s, lower {c.lower_s:.2f} s, XLA {c.compile_s:.2f} s", flush=True)
+        common.progress(f"compiled {name}: trace {c.trace_s:.2f} s, lower {c.lower_s:.2f} s, XLA {c.compile_s:.2f} s")
 
     names = list(compiled)
     times = {n: [] for n in names}
@@ -404,8 +407,8 @@ def main() -> None:
         if (e + 1) % every == 0 or e + 1 == epochs:
             for name in names:
                 curve[name].append((e + 1, sum(times[name]), float(evaluate(k_eval, state[name][0])[1])))
-            print(f"epoch {e + 1}/{epochs}: training objective / held-out count accuracy: "
-                  + ", ".join(f"{n} {log[n][-1][0]:.1f} / {curve[n][-1][2]:.3f}" for n in names), flush=True)
+            common.progress(f"epoch {e + 1}/{epochs}: training objective / held-out count accuracy: "
+                            + ", ".join(f"{n} {log[n][-1][0]:.1f} / {curve[n][-1][2]:.3f}" for n in names))
 
     rows, details = [], []
     t_enum = float(np.median(times["enum"])) if "enum" in times else None

@@ -9,8 +9,10 @@
 * Ratios are against the hand-coded baseline measured *in the same run*.
 * The header prints the versions (python, jax, jaxlib, numpyro) and the machine (CPU model, cores, load average).
 
-Every script takes ``--quick`` (≤ 1 minute) and ``--tiny`` (a smoke test of ~10–20 s: fewest reps, smallest size)
-and prints markdown tables.
+Every script takes ``--quick`` (≤ a few minutes) and ``--tiny`` (a smoke test of seconds: fewest reps, smallest
+sizes, XLA at optimization level 0 — its timings mean nothing) and prints markdown tables: one ``## heading`` per
+table, which ``bench/regenerate.py`` copies into ``docs/benchmarks.md``. Progress goes to stderr. Every script's
+entry point is ``main(argv)``, so the tests run ``--tiny`` in-process.
 """
 
 from __future__ import annotations
@@ -44,10 +46,26 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def reps_for(args: argparse.Namespace, full: int = 100, quick: int = 30, tiny: int = 5) -> int:
+def reps_for(args: argparse.Namespace, full: int = 100, quick: int = 30, tiny: int = 3) -> int:
     if args.reps is not None:
         return args.reps
     return tiny if args.tiny else quick if args.quick else full
+
+
+def mode(args: argparse.Namespace) -> str:
+    return "tiny" if args.tiny else "quick" if args.quick else "full"
+
+
+# XLA options for every program compiled through this module: ``--tiny`` compiles at backend optimization level 0
+# (2–3× faster compiles on CPU; the program's values are the same). Set by :func:`print_header` for each run (per
+# compile, not through ``XLA_FLAGS``: a script run in-process by the tests finds the backend already initialized).
+COMPILER_OPTIONS: dict[str, Any] = {}
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def progress(*parts: Any) -> None:
+    """A progress line, on stderr (stdout carries the results)."""
+    print(*parts, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- environment
@@ -88,11 +106,13 @@ def environment() -> dict[str, str]:
 
 
 def print_header(title: str, args: argparse.Namespace, reps: int) -> None:
-    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
+    COMPILER_OPTIONS.clear()
+    if args.tiny:
+        COMPILER_OPTIONS.update(FAST_COMPILE)
     print(f"# {title}\n")
     env = environment()
     print(" | ".join(f"{k}: {v}" for k, v in env.items()))
-    print(f"mode: {mode}, {reps} timed repetitions per system (interleaved), warm-up excluded\n", flush=True)
+    print(f"mode: {mode(args)}, {reps} timed repetitions per system (interleaved), warm-up excluded\n", flush=True)
 
 
 def print_load() -> None:
@@ -140,10 +160,27 @@ def compile_timed(name: str, fn: Callable[..., Any], *args: Any, static_argnums:
     t1 = time.perf_counter()
     lowered = traced.lower()
     t2 = time.perf_counter()
-    exe = lowered.compile()
+    exe = lowered.compile(dict(COMPILER_OPTIONS) or None)
     t3 = time.perf_counter()
     dyn = tuple(a for i, a in enumerate(args) if i not in static_argnums)
     return Compiled(name, exe, dyn, t1 - t0, t2 - t1, t3 - t2, traced.jaxpr, lowered)
+
+
+def jit(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Like ``jax.jit(fn)`` for one signature, compiled on the first call with :data:`COMPILER_OPTIONS`."""
+    exe: list[Any] = []
+
+    def call(*args: Any) -> Any:
+        if not exe:
+            exe.append(jax.jit(fn).lower(*args).compile(dict(COMPILER_OPTIONS) or None))
+        return exe[0](*args)
+
+    return call
+
+
+def run_once(fn: Callable[..., Any], *args: Any) -> Any:
+    """``jax.jit(fn)(*args)``, compiled with :data:`COMPILER_OPTIONS` (for the checks around the timed programs)."""
+    return jax.jit(fn).lower(*args).compile(dict(COMPILER_OPTIONS) or None)(*args)
 
 
 @dataclass

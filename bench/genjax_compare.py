@@ -283,7 +283,7 @@ def write_inputs(workloads, inputs: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def main() -> None:
+def main(argv=None) -> None:
     import common  # bench/common.py; puts the checkout on sys.path
 
     ap = common.parser(__doc__.splitlines()[0])
@@ -296,7 +296,7 @@ def main() -> None:
                     help="alternating rounds per workload (default 10; quick 4, tiny 2)")
     ap.add_argument("--keys", type=int, default=None, help="independent keys for the gradient checks (default 1000)")
     ap.add_argument("--genjax-python", default=str(GENJAX_PYTHON), help="python of the GenJAX venv")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     reps = common.reps_for(args)
     rounds = args.rounds or (2 if args.tiny else 4 if args.quick else 10)
@@ -335,7 +335,7 @@ def main() -> None:
             if w["kind"] == "mix":
                 info["grad"] = grad_stats(fn, *fargs[1:], plan["mix_keys"])
             rows[s] = info
-    print(f"ppl side compiled and checked ({sum(map(len, ppl_compiled.values()))} programs)", flush=True)
+    common.progress(f"ppl side compiled and checked ({sum(map(len, ppl_compiled.values()))} programs)")
 
     side = None
     gj_info: dict[str, Any] = {}
@@ -373,7 +373,7 @@ def main() -> None:
                 for name, t in common.interleaved(both, n_round).items():
                     who = ("genjax", name[1:]) if name.startswith("\0") else ("ppl", name)
                     times.setdefault((w["name"], *who), []).extend(t.times)
-            print(f"{w['name']} timed", flush=True)
+            common.progress(f"{w['name']} timed")
             continue
         for r in range(rounds):
             for who in (("ppl", "genjax") if r % 2 == 0 else ("genjax", "ppl")):
@@ -384,7 +384,7 @@ def main() -> None:
                     res = side.request({"cmd": "time", "workload": w["name"], "reps": n_round})
                     for name, t in res["times"].items():
                         times.setdefault((w["name"], "genjax", name), []).extend(t)
-        print(f"{w['name']} timed", flush=True)
+        common.progress(f"{w['name']} timed")
 
     try:
         bug = {"ppl": ppl_scan_bug()}

@@ -72,3 +72,90 @@ def _plated_size(strategy, n: int) -> int:
 def test_a_plated_estimator_does_not_grow_with_the_number_of_points(strategy):
     # one vectorized site for all points: the same program at N = 10 and N = 1,000 (unrolled sites: 3^N runs)
     assert _plated_size(strategy, 10) == _plated_size(strategy, 1000)
+
+
+# ---------------------------------------------------------------------------------------------- the programs of
+# docs/benchmarks.md (bench/scaling.py, bench/vae.py): equation and op counts under budgets, a bit above the counts
+# measured on 2026-11-30 (jax 0.10.2; in the comments). A change that grows a program past its budget fails here, not
+# months later in a benchmark table; one that shrinks it should lower the budget.
+
+
+def _bench(name: str):
+    from tests.test_bench_quick import bench_module
+
+    return bench_module(name)
+
+
+def _eqns(make, *args) -> int:
+    return _count(jax.make_jaxpr(make)(*args).jaxpr)
+
+
+def _walk(T: int):
+    z = jnp.zeros(T)
+    return jax.random.key(0), z, z, z
+
+
+def test_scan_program_is_flat_and_within_budget():
+    scaling = _bench("scaling")
+    ppl_sizes = {T: _eqns(scaling.ppl_scan(T), *_walk(T)) for T in (10, 1000)}
+    hand = _eqns(scaling.hand_scan(10), *_walk(10))
+    assert ppl_sizes[10] == ppl_sizes[1000], ppl_sizes  # does not grow with the number of steps
+    assert ppl_sizes[10] <= 150, ppl_sizes  # measured 141 (issue #13: 144; before validation was kept: 111)
+    assert hand == 84, hand  # the hand-coded scan: 84 (a change here is jax's or the bench's, not ppl's)
+
+
+# Straight-line code: each of the T steps is the same code, so the equation count is affine in T (checked exactly on
+# three sizes); T = 100 and 1,000 follow from it (tracing 1,000 sites takes over a minute on 2 cores: set
+# PPL_SLOW_TESTS=1 to trace them too).
+STRAIGHT_BUDGET_PER_SITE = 125  # measured 117·T (1,170 / 11,700 / 117,000 at T = 10 / 100 / 1,000; issue #13: 1,487)
+HAND_STRAIGHT = (97, -4)  # the hand-coded program: 97·T − 4 (966 / 9,696 / 96,996)
+
+
+def test_straight_line_program_is_linear_and_within_budget():
+    import os
+
+    scaling = _bench("scaling")
+    sizes = (10, 20, 40) + ((100, 1000) if os.environ.get("PPL_SLOW_TESTS") else ())
+    ppl_sizes = {T: _eqns(scaling.ppl_straight(T), *_walk(T)) for T in sizes}
+    per_site = (ppl_sizes[20] - ppl_sizes[10]) / 10
+    offset = ppl_sizes[10] - 10 * per_site
+    for T, n in ppl_sizes.items():
+        assert n == per_site * T + offset, f"not affine in T: {ppl_sizes}"
+    for T in (10, 100, 1000):
+        predicted = per_site * T + offset
+        assert predicted <= STRAIGHT_BUDGET_PER_SITE * T, f"T = {T}: {predicted:,.0f} equations ({ppl_sizes})"
+    hand = _eqns(scaling.hand_straight(10), *_walk(10))
+    assert hand == HAND_STRAIGHT[0] * 10 + HAND_STRAIGHT[1], hand
+    assert per_site <= 1.3 * HAND_STRAIGHT[0], per_site  # ppl's per-site program against hand-coded: 1.21×
+
+
+ENUM_BUDGETS = {1: 175, 4: 655, 8: 1_400}  # measured 162, 610, 1,314 (hand-coded: 99, 221, 413)
+
+
+def test_enum_program_is_linear_in_the_sites_and_within_budget():
+    scaling = _bench("scaling")
+    sizes = {}
+    for k, budget in ENUM_BUDGETS.items():
+        args = (jax.random.key(0), jnp.zeros(k), jnp.zeros((k, scaling.ENUM_DIM)),
+                jnp.zeros((scaling.ENUM_ROWS, scaling.ENUM_DIM)))
+        sizes[k] = _eqns(scaling.ppl_enum(k), *args)
+        assert sizes[k] <= budget, (k, sizes)
+    per_site = (sizes[4] - sizes[1]) / 3
+    assert sizes[8] <= sizes[1] + 1.4 * per_site * 7, sizes  # about linear (each site adds a little more), not 2^k
+
+
+def test_vae_gradient_program_within_budget():
+    # bench/vae.py's ppl.elbo gradient at batch 64 (docs/benchmarks.md §1): jaxpr equations, StableHLO ops before
+    # XLA's optimization, HLO instructions and entry-computation kernels after it
+    common, vae = _bench("common"), _bench("vae")
+    common.COMPILER_OPTIONS.clear()  # sizes after XLA's default optimization (a --tiny run in this process sets -O0)
+    key = jax.random.key(0)
+    x = jnp.zeros((64, vae.PIXELS))
+    enc = vae.init_mlp(key, (vae.PIXELS, vae.HIDDEN, 2 * vae.LATENT))
+    dec = vae.init_mlp(key, (vae.LATENT, vae.HIDDEN, vae.PIXELS))
+    c = common.compile_timed("ppl.elbo", vae.ppl_systems(x)["ppl.elbo"], key, dec, enc, x)
+    eqns, hlo = common.count_eqns(c.jaxpr), common.hlo_stats(c)
+    assert eqns <= 250, eqns  # measured 232 (hand-coded JAX: 159)
+    assert hlo["stablehlo_ops"] <= 530, hlo  # measured 492 (hand-coded: 303)
+    assert hlo["hlo_instructions"] <= 1_010, hlo  # measured 948 (hand-coded: 827)
+    assert hlo["entry_kernels"] <= 61, hlo  # measured 57 (hand-coded: 47)
