@@ -13,7 +13,7 @@ from jax import lax
 from jax.scipy.stats import norm
 
 import ppl
-from ppl._jax_internals import subjaxprs
+from ppl._jax_internals import is_scan, scan_parts, subjaxprs
 
 KEY = jax.random.key(0)
 RTOL = 1e-5
@@ -337,6 +337,7 @@ def test_generate_weight_is_constrained_log_density_plus_factors():
     np.testing.assert_allclose(gen_model.assess(tr.choices)[0], tr.score, rtol=RTOL)
 
 
+@pytest.mark.filterwarnings("ignore:Out-of-support values:UserWarning")  # 0.7 for a Bernoulli on purpose: NumPyro warns
 def test_observed_value_is_scored_as_given_not_cast_to_the_sample_dtype():
     """A Bernoulli observed at 0.7 (soft pixels) is scored like NumPyro scores it, not rounded to the int 0 first
     (the program does not read the observed value; one that does is an error, below)."""
@@ -449,7 +450,7 @@ def count_eqns(jaxpr):
 
 
 def _scan_lengths(jaxpr):
-    return [e.params["length"] for e in jaxpr.eqns if e.primitive.name == "scan"]
+    return [scan_parts(e).length for e in jaxpr.eqns if is_scan(e)]
 
 
 @pytest.mark.parametrize(
