@@ -62,13 +62,8 @@ Sharp edges:
 from __future__ import annotations
 
 import collections
-import functools
-import json
 import os
-import re
 import time
-import types
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +74,9 @@ import numpy as np
 import optax
 
 from ..core.params import argument_names, fixed, parameter_mask, trained_summary
+from .checkpoints import _key_data, _load, _save, _signature
+from .fingerprint import Id as _Id
+from .fingerprint import fingerprint as _fingerprint
 from .sharding import Layout, check_data, make_layout, minibatch, processes_agree, processes_sync
 
 CHECKPOINT_FILE = "fit_checkpoint.npz"
@@ -345,64 +343,6 @@ def clear_cache() -> None:
     _PROGRAMS.clear()
 
 
-class _Id:
-    """A cache-key part equal only to itself: the object, compared by identity (kept alive while the key lives)."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: Any):
-        self.obj = obj
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Id) and other.obj is self.obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-
-def _fingerprint(x: Any) -> Any:
-    """A hashable stand-in for ``x`` that is equal for two objects which trace to the same program: scalars, strings
-    and dtypes by value and type, tuples (optax's named-tuple states and transformations) element by element,
-    functions by code, closure, defaults and globals (so ``optax.adam(0.1)`` built twice matches), anything else by
-    identity. Lists, dicts and arrays go by identity: a program may bake them in. Past 2,000 parts (or a cycle),
-    ``x`` goes by identity too."""
-    budget = [2000]
-
-    def fp(x: Any, path: frozenset[int]) -> Any:
-        budget[0] -= 1
-        if budget[0] < 0 or id(x) in path:
-            raise _TooBig
-        t = type(x)
-        if x is None or t in (bool, int, str, bytes):
-            return (t, x)
-        if t in (float, complex):
-            return (t, repr(x))  # -0.0 and 0.0 differ, nan equals nan
-        if isinstance(x, np.dtype):
-            return (t, str(x))
-        path = path | {id(x)}
-        if isinstance(x, tuple):
-            return (t, tuple(fp(e, path) for e in x))
-        if isinstance(x, types.FunctionType):
-            try:
-                cells = tuple(fp(c.cell_contents, path) for c in x.__closure__ or ())
-            except ValueError:  # an empty cell
-                return _Id(x)
-            kwdefaults = tuple(sorted((k, fp(v, path)) for k, v in (x.__kwdefaults__ or {}).items()))
-            return (t, x.__code__, _Id(x.__globals__), cells, fp(x.__defaults__, path), kwdefaults)
-        if isinstance(x, functools.partial):
-            kw = tuple(sorted((k, fp(v, path)) for k, v in x.keywords.items()))
-            return (t, fp(x.func, path), fp(x.args, path), kw)
-        return _Id(x)
-
-    try:
-        return fp(x, frozenset())
-    except _TooBig:
-        return _Id(x)
-
-
-class _TooBig(Exception):
-    pass
-
 
 def _chunk_program(
     objective: Any,
@@ -432,78 +372,6 @@ def _chunk_program(
     else:
         _PROGRAMS.move_to_end(key)
     return program
-
-
-# ---------------------------------------------------------------------------------------------- checkpoints
-
-
-def _key_data(key: jax.Array) -> list[int]:
-    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    return np.asarray(data).ravel().tolist()
-
-
-def _signature(tree: Any) -> dict[str, Any]:
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return {
-        "structure": re.sub(r" at 0x[0-9a-fA-F]+", "", str(treedef)),  # no per-process addresses
-        "shapes": [list(np.shape(x)) for x in leaves],
-        "dtypes": [str(x.dtype if hasattr(x, "dtype") else jnp.asarray(x).dtype) for x in leaves],
-    }
-
-
-def _save(path: str, meta: dict[str, Any], params: Any, opt_state: Any, values: np.ndarray, skipped: np.ndarray):
-    arrays = {"meta": np.array(json.dumps(meta)), "values": values, "skipped": skipped}
-    for name, tree in (("p", params), ("o", opt_state)):
-        for j, x in enumerate(jax.tree_util.tree_leaves(tree)):
-            arrays[f"{name}{j}"] = np.asarray(x)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _load_leaves(data: Any, name: str, template: Any) -> Any:
-    leaves, treedef = jax.tree_util.tree_flatten(template)
-    out = []
-    for j, t in enumerate(leaves):
-        a, dtype = data[f"{name}{j}"], jnp.asarray(t).dtype
-        out.append(jnp.asarray(a if a.dtype == dtype else a.view(dtype)))
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def _load(path: str, meta: dict[str, Any], params: Any, opt_state: Any):
-    try:
-        return _read_checkpoint(path, meta, params, opt_state)
-    except ValueError as e:
-        if str(e).startswith("fit: "):
-            raise
-        raise ValueError(f"fit: the checkpoint {path} cannot be read ({e}); delete it to start over") from None
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
-        raise ValueError(
-            f"fit: the checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to start over"
-        ) from None
-
-
-def _read_checkpoint(path: str, meta: dict[str, Any], params: Any, opt_state: Any):
-    # the file opened here, not by np.load: np.load leaks its own handle when the file is not a zip (truncated)
-    with open(path, "rb") as f, np.load(f) as data:
-        saved = json.loads(str(data["meta"]))
-        for what in ("params", "opt_state", "key", "num_particles", "data", "batch_size"):
-            if saved.get(what) != meta[what]:
-                raise ValueError(
-                    f"fit: the checkpoint {path} was written for a different run ({what} differ: saved "
-                    f"{saved.get(what)!r}, now {meta[what]!r}). Delete it or use another checkpoint directory."
-                )
-        step = int(saved["step"])
-        return (
-            step,
-            _load_leaves(data, "p", params),
-            _load_leaves(data, "o", opt_state),
-            np.array(data["values"][:step]),
-            np.array(data["skipped"][:step]),
-        )
 
 
 # ---------------------------------------------------------------------------------------------- fit
