@@ -343,7 +343,6 @@ def clear_cache() -> None:
     _PROGRAMS.clear()
 
 
-
 def _chunk_program(
     objective: Any,
     part: Partition,
@@ -360,13 +359,15 @@ def _chunk_program(
     static = tuple((i, _fingerprint(part.leaves[i])) for i in part.static)
     key = (_Id(objective), _fingerprint(optimizer), part.treedef, part.train, part.frozen, static, num_particles,
            layout, with_data, batch_size, size, str(jnp.result_type(float)))  # fmt: skip
+    def make() -> Callable:
+        return _make_chunk(objective, part.skeleton(), optimizer, num_particles, layout, with_data, batch_size, size)
+
     try:
         program = _PROGRAMS.get(key)
     except (TypeError, ValueError):  # unhashable or uncomparable (array aux data in a pytree): no caching
-        return _make_chunk(objective, part.skeleton(), optimizer, num_particles, layout, with_data, batch_size, size)
+        return make()
     if program is None:
-        program = _make_chunk(objective, part.skeleton(), optimizer, num_particles, layout, with_data, batch_size, size)
-        _PROGRAMS[key] = program
+        program = _PROGRAMS[key] = make()
         while len(_PROGRAMS) > PROGRAM_CACHE_SIZE:
             _PROGRAMS.popitem(last=False)
     else:
