@@ -20,8 +20,8 @@ the objective's data mapping), and also — for the first — the NumPyro model 
    held-out log-likelihood per point of the fitted mixture tells them apart (or not).
 4. **End to end** (eight schools): ``ppl.auto_normal`` → ``ppl.fit`` → ``ppl.predictive`` → ``ppl.to_arviz`` +
    ``arviz.summary`` → ``FitResult.save`` → ``FitResult.load`` (bit-identical predictive draws) → the command line,
-   ``python -m ppl predict examples/lang/eight_schools.ppl`` on the saved fit (the ``.ppl`` guide is the same family
-   written out; full mode also fits it from the command line).
+   ``python -m ppl predict examples/lang/eight_schools.ppl`` on the saved fit (the ``.ppl`` file declares the same
+   family, ``guide eight_schools_q = auto_normal(eight_schools)``; full mode also fits it from the command line).
 
 Run ``python examples/coming_from_numpyro.py`` (full: about a minute on 2 idle CPU cores; it also refits eight
 schools with 3 more keys in each library, to show how far two fits of one library land apart) or ``--quick`` (CI,
@@ -473,7 +473,7 @@ def end_to_end(native: dict, out: str, steps: int, cli_fit: bool) -> None:
         print("arviz: not installed (pip install 'ppl[arviz]'): skipped")
     else:
         idata = ppl.to_arviz(pred, observed_data={"y": np.asarray(Y)})
-        print(f"ppl.to_arviz: groups {list(idata.groups())}, posterior mu dims "
+        print(f"ppl.to_arviz: groups {list(idata)}, posterior mu dims "
               f"{dict(idata.posterior['mu'].sizes)}")
         print(az.summary(idata, var_names=["mu", "tau"], kind="stats", round_to=3).to_string())
 
@@ -486,7 +486,8 @@ def end_to_end(native: dict, out: str, steps: int, cli_fit: bool) -> None:
     print(f"\nFitResult.save -> {os.path.basename(path)} ({os.path.getsize(path)} bytes); FitResult.load -> "
           f"ppl.predictive draws bit-identical: {same}")
 
-    # The .ppl guide is the same family written out: the Python fit, saved in its argument order, drives the CLI.
+    # The .ppl file declares the same family (auto_normal(eight_schools)): the Python fit, saved in the order of that
+    # guide's arguments, drives the CLI.
     ppl_file, json_file = "examples/lang/eight_schools.ppl", "examples/lang/eight_schools.json"
     as_cli = dataclasses.replace(res, args=((), ppl_guide_args(res.args[1][0])))
     cli_path = os.path.join(out, "eight_schools_for_cli.npz")

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 import pytest
 from jax import lax
 
 import ppl
 from ppl import PPLError, StrategyError
+
+from .stats import assert_unbiased, vmap_grads
 
 KEY = jax.random.key(0)
 
@@ -97,11 +100,16 @@ def test_estimate_checks_too():
 
 
 def test_one_call_at_vmapped_site_is_fine():
+    """No error, and the right answer: d/dθᵢ E[Σ zᵢ] = σ'(θᵢ) with ``zᵢ ~ Bernoulli(σ(θᵢ))`` drawn per lane."""
+
     def f(th):
         zs = jax.vmap(lambda t: ppl.sample("z", dist.Bernoulli(logits=t), strategy=ppl.reinforce))(th)
         return jnp.sum(zs * 1.0)
 
-    assert _grad(f, jnp.array([0.1, 0.2, 0.3])).shape == (3,)
+    th = jnp.array([0.1, -0.8, 1.3])
+    g = vmap_grads(ppl.expectation(f), 20000, th)
+    sig = 1 / (1 + np.exp(-np.asarray(th)))
+    assert_unbiased(g, sig * (1 - sig), max_stderr=0.01)
 
 
 # ------------------------------------------------------------------------- bad values

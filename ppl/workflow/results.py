@@ -254,7 +254,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = os.fspath(path)
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path} is not a saved ppl fit (not an .npz file)")
-    with np.load(path) as data:
+    with open(path, "rb") as f, np.load(f) as data:  # our handle: np.load leaks its own when it fails to read
         if "meta" not in data.files:
             raise ValueError(f"{path} is not a saved ppl fit (no metadata)")
         meta = json.loads(str(data["meta"]))
@@ -271,7 +271,7 @@ def load(path: str | os.PathLike[str], like: Any = None) -> FitResult:
     path = os.fspath(path)
     meta = read_metadata(path)
     like_args, like_opt = (like.args, like.opt_state) if isinstance(like, FitResult) else (like, None)
-    with np.load(path) as data:
+    with open(path, "rb") as f, np.load(f) as data:
         args = _unpack(data, "p", meta["args"], like_args, "args", path)
         try:
             opt_state = _unpack(data, "o", meta["opt_state"], like_opt, "optimizer state", path)
