@@ -83,6 +83,16 @@ def log_prob(d: nd.Distribution, x: Any) -> Any:
     return d.log_prob(x)
 
 
+def checks_support(d: Any) -> bool:
+    """Can NumPyro's support check in ``log_prob`` change a value? Not when the support is all of ℝⁿ (``real``,
+    ``real_vector``, ...): there it would only turn NaN and ±inf values, whose density is not finite anyway, into
+    ``-inf`` — five comparisons and a select per site that ``ppl`` leaves out of the program."""
+    support = getattr(d, "support", None)
+    while isinstance(support, nd.constraints.independent):
+        support = support.base_constraint
+    return not isinstance(support, type(nd.constraints.real))
+
+
 def _off_support(d: nd.Distribution, x: Any, lp: Any) -> Any:
     """``-inf`` outside the support, as NumPyro's ``validate_sample`` does when the distribution validates."""
     return jnp.where(d._validate_sample(x), lp, -jnp.inf) if d._validate_args else lp

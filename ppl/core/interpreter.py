@@ -34,6 +34,7 @@ Sharp edges:
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
@@ -167,6 +168,12 @@ class Interpretation:
         return False
 
     def wants_continuation(self, eqn: JaxprEqn) -> bool:
+        return False
+
+    def may_keep(self, name: str) -> bool:
+        """Might a loop body leave accumulator ``name`` unchanged? Then the body is traced with it as a constant —
+        the value itself, not a loop carry (a rule may test it with ``is``) — and traced again with it in the carry
+        if the body does change it."""
         return False
 
     def loop_data(self, addrs: frozenset[str]) -> Any:
@@ -376,21 +383,40 @@ def scan_rule(interp, state, eqn, invals):
     parts = scan_parts(eqn)
     consts, init, xs = parts.split(invals)
     ncarry = parts.num_carry
+    before = state
     state, body_addrs, data, keys, at = _enter_block(interp, state, eqn, parts.body, parts.length)
+    kept = {} if parts.body in _VARIANT_BODIES else {n: v for n, v in state.carry.items() if interp.may_keep(n)}
 
     def body(carry_all, x_all):
         carry, acc = carry_all
         x, i, keys_i, data_i = x_all
-        outs, st = run(interp.for_iteration(data_i), parts.body, [*consts, *carry, *x], at(i, keys_i, acc))
-        return (outs[:ncarry], st.carry), (outs[ncarry:], st.choices, st.requests)
+        start = at(i, keys_i, {n: kept[n] if n in kept else acc[n] for n in state.carry})
+        outs, st = run(interp.for_iteration(data_i), parts.body, [*consts, *carry, *x], start)
+        if any(st.carry[n] is not v for n, v in kept.items()):
+            raise _Varies
+        return (outs[:ncarry], {n: v for n, v in st.carry.items() if n not in kept}), (
+            outs[ncarry:],
+            st.choices,
+            st.requests,
+        )
 
-    (carry, acc), (ys, choices, requests) = lax.scan(
-        body,
-        (init, state.carry),
-        (xs, jnp.arange(parts.length), keys, data),
-        **parts.options,
-    )
+    looped = {n: v for n, v in state.carry.items() if n not in kept}
+    try:
+        (carry, acc), (ys, choices, requests) = lax.scan(
+            body, (init, looped), (xs, jnp.arange(parts.length), keys, data), **parts.options
+        )
+    except _Varies:  # an accumulator the interpretation hoped to keep out of the loop changes in it: loop it
+        _VARIANT_BODIES.add(parts.body)
+        return scan_rule(interp, before, eqn, invals)
+    acc = {n: kept[n] if n in kept else acc[n] for n in state.carry}
     return [*carry, *ys], _merge(state, eqn, body_addrs, acc, choices, requests)
+
+
+class _Varies(Exception):
+    """A scan body changed an accumulator passed into it as a constant (:meth:`Interpretation.may_keep`)."""
+
+
+_VARIANT_BODIES: weakref.WeakSet[Any] = weakref.WeakSet()  # scan bodies where that happened: loop them directly
 
 
 def map_rule(interp, state, eqn, invals):

@@ -50,7 +50,7 @@ class DistSpec:
 
     treedef: Any
     num_leaves: int
-    validate: bool = False  # the distribution's ``validate_args`` (NumPyro's pytree unflattening drops it)
+    validate: bool = False  # ``validate_args`` (dropped by NumPyro's unflattening), off when the support is all of ℝⁿ
 
     @property
     def name(self) -> str:
@@ -319,7 +319,8 @@ def bind_sample(addr: str, d: Any, strategy: Strategy | None, plates: tuple[Plat
     d = _in_plates(d, addr, plates)
     dleaves, dtree = jax.tree_util.tree_flatten(d)
     sleaves, stree = jax.tree_util.tree_flatten(strategy)
-    spec = DistSpec(dtree, len(dleaves), validate=bool(getattr(d, "_validate_args", False)))
+    validate = bool(getattr(d, "_validate_args", False)) and _dists.checks_support(d)
+    spec = DistSpec(dtree, len(dleaves), validate=validate)
     return sample_p.bind(*dleaves, *sleaves, addr=addr, dist=spec, strategy=StrategySpec(stree), plates=plates)
 
 

@@ -306,6 +306,9 @@ class ADEV(Interpretation):
     def inherits(self, name):  # a lane's costs are weighted by the scores before the map and its own
         return name == "S" or name.startswith(_S)
 
+    def may_keep(self, name):  # a loop of pathwise sites leaves the scores as they are (zero_score stays itself)
+        return name == "S" or name.startswith(_S)
+
     def wants_continuation(self, eqn):
         return not self.value_only and self.cps_rules.get(eqn.primitive) is not None and _eqn_multi_call(eqn)
 
