@@ -12,6 +12,10 @@ runs, the multi-device workers) inherit them, so they share the cache too. A var
   xdist workers write to it at once: JAX writes each entry under its own file name and skips one that exists; a
   worker that reads an entry another is still writing gets a warning and compiles (see ``filterwarnings`` in
   ``pyproject.toml``).
+* ``XLA_FLAGS=--xla_backend_optimization_level=0``: LLVM compiles the suite's CPU programs without its optimization
+  passes (XLA's own graph passes still run). The suite compiles far more than it runs: a cold run takes ~40 % less
+  compile time (measured: test_differential's expectation test 34 s → 22 s wall). Values can differ from an optimized
+  build in the last float bits (contractions), never beyond the suite's tolerances; benchmarks do not set it.
 """
 
 import os
@@ -20,3 +24,5 @@ from pathlib import Path
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
