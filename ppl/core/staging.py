@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from .._jax_internals import ClosedJaxpr, subjaxprs
+from .fusion import fuse_scans
 from .params import unwrap
 from .primitives import PPL_PRIMITIVES, contains_ppl
 
@@ -101,7 +102,7 @@ class Staged:
         else:
             structs = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in avals]
             jaxpr, shapes = jax.make_jaxpr(lambda *d: self.fn(*split.merge(list(d))), return_shape=True)(*structs)
-            hit = (prune(jaxpr), jax.tree_util.tree_structure(shapes), split)
+            hit = (fuse_scans(prune(jaxpr)), jax.tree_util.tree_structure(shapes), split)
             if key is not None:
                 self._cache[key] = hit
                 if len(self._cache) > self.MAX_CACHED:
