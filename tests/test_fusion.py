@@ -67,10 +67,16 @@ def _lengths(x):  # different lengths: not fusable
     return lax.scan(lambda s, v: (s + v, None), 0.0, a[:-1])[0]
 
 
+def _effect_between(x):  # a side effect between the loops keeps its order: not fusable
+    _, a = lax.scan(lambda c, v: (c, v + 1.0), 0.0, x)
+    jax.debug.callback(lambda: None)
+    return lax.scan(lambda s, v: (s + v, None), 0.0, a)[0]
+
+
 @pytest.mark.parametrize(
     "fn, before, after",
     [(_after_a, 2, 1), (_three, 3, 1), (_reverse, 2, 1), (_final_carry, 2, 2), (_shifted, 2, 2),
-     (_directions, 2, 2), (_lengths, 2, 2)],  # fmt: skip
+     (_directions, 2, 2), (_lengths, 2, 2), (_effect_between, 2, 2)],  # fmt: skip
     ids=lambda v: getattr(v, "__name__", str(v)),
 )
 def test_fused_programs_compute_the_same_values_and_gradients(fn, before, after):

@@ -9,8 +9,9 @@ interpretation sees it, so ADEV, the tracing transformations and JAX's own AD al
 Two scans ``A`` (earlier) and ``B`` fuse when they have the same length and direction and ``B`` depends on ``A`` only
 through ``A``'s per-step outputs read row by row (as ``B``'s ``xs``) — so step ``t`` of ``B`` needs nothing of ``A``
 but its step ``t``. The deterministic equations between them that ``B`` needs (an ``iota``) and that do not depend on
-``A`` run before the fused loop; everything else keeps its order. Step ``t`` of the fused loop runs ``A``'s body,
-then ``B``'s; its outputs are both loops' (what nothing reads is dropped later, by XLA).
+``A`` run before the fused loop; everything else keeps its order (no loop fuses across an equation with a side
+effect). Step ``t`` of the fused loop runs ``A``'s body, then ``B``'s; its outputs are both loops' (what nothing
+reads is dropped later, by XLA).
 
 Sharp edges: in a random program ``A`` and ``B`` become one block, so its sites' keys are derived from one block
 key (other draws, the same distribution), and a cost of ``B`` at step ``t`` is weighted by the scores of ``A``'s
@@ -70,6 +71,8 @@ def _find_pair(j: Any) -> tuple[int, int, list[int]] | None:
         made_by: dict[int, int] = {}  # var id -> index of the equation that makes it (between A and B)
         for b in range(a + 1, len(eqns)):
             eb = eqns[b]
+            if eb.effects:  # B would run before it: side effects keep their order
+                break
             ins = [id(v) for v in eb.invars if not isinstance(v, Literal)]
             if is_scan(eb):
                 pb = scan_parts(eb)
