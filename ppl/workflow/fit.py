@@ -352,16 +352,25 @@ def _init_state(optimizer: Any, params: Any) -> Any:
     is one dispatch per leaf and moment: ~1 ms of a VAE's ``fit`` call)."""
     try:
         key = _fingerprint(optimizer)
-        init = _INITS.get(key)
     except (TypeError, ValueError):  # no fingerprint: eagerly
         return _strong(optimizer.init(params))
-    if init is None:
-        init = _INITS[key] = jax.jit(lambda p: _strong(optimizer.init(p)))
-        while len(_INITS) > PROGRAM_CACHE_SIZE:
-            _INITS.popitem(last=False)
+    return _cached(_INITS, key, lambda: jax.jit(lambda p: _strong(optimizer.init(p))))(params)
+
+
+def _cached(cache: collections.OrderedDict[Any, Callable], key: Any, make: Callable[[], Callable]) -> Callable:
+    """``cache[key]``, made by ``make()`` on a miss (the least recently used dropped beyond ``PROGRAM_CACHE_SIZE``);
+    ``make()`` uncached when the key cannot be hashed or compared (array aux data in a pytree)."""
+    try:
+        program = cache.get(key)
+    except (TypeError, ValueError):
+        return make()
+    if program is None:
+        program = cache[key] = make()
+        while len(cache) > PROGRAM_CACHE_SIZE:
+            cache.popitem(last=False)
     else:
-        _INITS.move_to_end(key)
-    return init(params)
+        cache.move_to_end(key)
+    return program
 
 
 def _chunk_program(
@@ -383,17 +392,7 @@ def _chunk_program(
     def make() -> Callable:
         return _make_chunk(objective, part.skeleton(), optimizer, num_particles, layout, with_data, batch_size, size)
 
-    try:
-        program = _PROGRAMS.get(key)
-    except (TypeError, ValueError):  # unhashable or uncomparable (array aux data in a pytree): no caching
-        return make()
-    if program is None:
-        program = _PROGRAMS[key] = make()
-        while len(_PROGRAMS) > PROGRAM_CACHE_SIZE:
-            _PROGRAMS.popitem(last=False)
-    else:
-        _PROGRAMS.move_to_end(key)
-    return program
+    return _cached(_PROGRAMS, key, make)
 
 
 # ---------------------------------------------------------------------------------------------- fit
