@@ -1,5 +1,5 @@
 """Cache keys for compiled programs: ``fingerprint(x)`` is equal for two objects that trace to the same program
-(``optax.adam(0.1)`` built twice), ``Id(x)`` equal only to ``x`` itself.
+(``optax.adam(0.1)`` built twice), ``Id(x)`` equal only to ``x`` itself; ``cached`` keeps programs by such keys.
 
 >>> import optax
 >>> from ppl.workflow.fingerprint import fingerprint
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import types
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -74,3 +76,19 @@ def fingerprint(x: Any) -> Any:
 
 class TooBig(Exception):
     pass
+
+
+def cached(cache: OrderedDict[Any, Any], key: Any, make: Callable[[], Any], size: int) -> Any:
+    """``cache[key]``, made by ``make()`` on a miss (the least recently used dropped beyond ``size`` entries);
+    ``make()`` uncached when the key cannot be hashed or compared (array aux data in a pytree)."""
+    try:
+        hit = cache.get(key)
+    except (TypeError, ValueError):
+        return make()
+    if hit is None:
+        hit = cache[key] = make()
+        while len(cache) > size:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    return hit

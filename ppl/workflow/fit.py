@@ -76,6 +76,7 @@ import optax
 from ..core.params import argument_names, fixed, parameter_mask, trained_summary
 from .checkpoints import _key_data, _load, _save, _signature
 from .fingerprint import Id as _Id
+from .fingerprint import cached
 from .fingerprint import fingerprint as _fingerprint
 from .sharding import Layout, check_data, make_layout, minibatch, processes_agree, processes_sync
 
@@ -354,23 +355,7 @@ def _init_state(optimizer: Any, params: Any) -> Any:
         key = _fingerprint(optimizer)
     except (TypeError, ValueError):  # no fingerprint: eagerly
         return _strong(optimizer.init(params))
-    return _cached(_INITS, key, lambda: jax.jit(lambda p: _strong(optimizer.init(p))))(params)
-
-
-def _cached(cache: collections.OrderedDict[Any, Callable], key: Any, make: Callable[[], Callable]) -> Callable:
-    """``cache[key]``, made by ``make()`` on a miss (the least recently used dropped beyond ``PROGRAM_CACHE_SIZE``);
-    ``make()`` uncached when the key cannot be hashed or compared (array aux data in a pytree)."""
-    try:
-        program = cache.get(key)
-    except (TypeError, ValueError):
-        return make()
-    if program is None:
-        program = cache[key] = make()
-        while len(cache) > PROGRAM_CACHE_SIZE:
-            cache.popitem(last=False)
-    else:
-        cache.move_to_end(key)
-    return program
+    return cached(_INITS, key, lambda: jax.jit(lambda p: _strong(optimizer.init(p))), PROGRAM_CACHE_SIZE)(params)
 
 
 def _chunk_program(
@@ -392,7 +377,7 @@ def _chunk_program(
     def make() -> Callable:
         return _make_chunk(objective, part.skeleton(), optimizer, num_particles, layout, with_data, batch_size, size)
 
-    return _cached(_PROGRAMS, key, make)
+    return cached(_PROGRAMS, key, make, PROGRAM_CACHE_SIZE)
 
 
 # ---------------------------------------------------------------------------------------------- fit
