@@ -218,8 +218,9 @@ def spike(theta):
 
 
 def test_updates_overflowing_mid_chunk_are_skipped():
-    """The chunk stops at a step whose update overflows the parameters; fit recomputes the chunk up to that step
-    and skips it. Same steps, parameters and momentum as a Python loop that skips by hand."""
+    """A step whose update overflows the parameters is skipped (the fast program sees the overflow at the chunk's
+    end; the guarded one reruns the chunk). Same steps, parameters and momentum as a Python loop that skips by
+    hand."""
     key, num_steps, opt = jax.random.key(5), 60, optax.sgd(2.0, momentum=0.1)
     res = fit(spike, jnp.array(0.0), optimizer=opt, num_steps=num_steps, key=key, progress=False, chunk_size=20)
     theta, state, skipped, overflowed = jnp.array(0.0), opt.init(jnp.array(0.0)), [], []
@@ -240,6 +241,32 @@ def test_updates_overflowing_mid_chunk_are_skipped():
     assert np.all(np.isfinite(res.values))  # the value of an overflowing step is finite, and kept
     np.testing.assert_allclose(res.args, theta, rtol=1e-6)
     np.testing.assert_allclose(res.opt_state[0].trace, state[0].trace, rtol=1e-6)
+
+
+def test_an_optimizer_that_discards_nan_gradients_takes_those_steps():
+    """With ``optax.zero_nans`` in the chain a NaN gradient is the optimizer's business: the step is taken (zero
+    gradient); a NaN estimate is still skipped. The same whether the chunk ran the fast program (no NaN estimate) or
+    was rerun by the guarded one (a NaN estimate in it): chunks of both kinds occur here."""
+    key, num_steps = jax.random.key(11), 120
+    opt = optax.chain(optax.zero_nans(), optax.adam(0.1))
+    res = fit(flaky, jnp.array(0.0), optimizer=opt, num_steps=num_steps, key=key, progress=False, chunk_size=10)
+    theta, state, skipped, grad_nan = jnp.array(0.0), opt.init(jnp.array(0.0)), [], []
+    step = jax.jit(flaky.value_and_grad_estimate)
+    for i in range(num_steps):
+        v, g = step(jax.random.fold_in(key, i), theta)
+        skipped.append(not bool(jnp.isfinite(v)))
+        grad_nan.append(bool(jnp.isfinite(v)) and not bool(jnp.isfinite(g)))
+        if not skipped[-1]:
+            upd, state = opt.update(-g, state, theta)
+            theta = optax.apply_updates(theta, upd)
+    skipped, grad_nan = np.array(skipped), np.array(grad_nan)
+    chunks_with_skips = {i // 10 for i in np.flatnonzero(skipped)}
+    assert 3 <= skipped.sum() < 25 and 3 <= grad_nan.sum() < 25
+    assert any(i // 10 in chunks_with_skips for i in np.flatnonzero(grad_nan))  # taken inside a guarded rerun
+    assert any(i // 10 not in chunks_with_skips for i in np.flatnonzero(grad_nan))  # and inside a fast chunk
+    assert np.array_equal(res.skipped, skipped)
+    np.testing.assert_allclose(res.args, theta, rtol=1e-5, atol=1e-6)
+    assert int(res.opt_state[1][0].count) == num_steps - skipped.sum()
 
 
 # ---------------------------------------------------------------------------------------------- arguments

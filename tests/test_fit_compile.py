@@ -27,7 +27,7 @@ class Compiles:
     """Counts the traces and XLA compilations of ``fit``'s chunk (the jitted function named ``fit_chunk``)."""
 
     def __enter__(self):
-        self.traces = self.compiles = 0
+        self.traces = self.compiles = self.guarded = 0
         jax.monitoring.register_event_duration_secs_listener(self._listen)
         return self
 
@@ -35,6 +35,8 @@ class Compiles:
         if fun_name in ("fit_chunk", "jit(fit_chunk)"):
             self.traces += event == TRACE
             self.compiles += event == COMPILE
+        if fun_name in ("fit_chunk_guarded", "jit(fit_chunk_guarded)"):
+            self.guarded += event == COMPILE
 
     def __exit__(self, *exc):
         jax.monitoring.unregister_event_duration_listener(self._listen)
@@ -73,6 +75,19 @@ def test_one_program_for_chunks_of_any_length_and_for_continuing():
     with Compiles() as resumed:  # a fresh start with the first arguments: the same program as the first call
         fit(objective, args(), optimizer=optax.adam(0.05), num_steps=3, key=0, chunk_size=10, progress=False)
     assert (resumed.traces, resumed.compiles) == (0, 0)
+
+
+def test_the_guarded_program_compiles_only_for_a_chunk_with_a_nonfinite_number():
+    """Finite chunks run the fast program only; the first chunk with a NaN estimate compiles the guarded program,
+    which later chunks reuse, and the step is skipped."""
+    nan_at_5 = ppl.expectation(lambda theta, step: jnp.where(step == 5, jnp.nan, 1.0) * quadratic(theta, 1, 1.0))
+    # the step number comes in as a frozen int argument: one fit call per chunk of one step each
+    kw = dict(optimizer=optax.adam(0.05), num_steps=1, key=0, chunk_size=1, progress=False)
+    with Compiles() as c:
+        res = [fit(nan_at_5, ({"m": jnp.asarray(0.0)}, jnp.int32(i)), **kw) for i in range(8)]
+    assert (c.compiles, c.guarded) == (1, 1)
+    assert [r.num_skipped for r in res] == [0, 0, 0, 0, 0, 1, 0, 0]
+    assert np.isnan(res[5].values[0]) and res[5].args[0]["m"] == 0.0 and int(res[5].opt_state[0].count) == 0
 
 
 def test_the_reused_program_gives_the_same_numbers():

@@ -45,11 +45,13 @@ the same keys. ``lower_fit`` gives the compiled step for inspection.
 Sharp edges:
     * Float data passed in ``args`` would be a parameter: pass observations as the objective's data (or ``data=``),
       or wrap the argument in ``ppl.fixed(x)``. A run with nothing to train is an error.
-    * A step is skipped — parameters and optimizer state kept — when the estimate, the gradient or the updated
-      parameters are non-finite; ``FitResult.num_skipped`` counts them and ``FitResult.skipped`` says which.
-      ``values`` keeps the (non-finite) estimate of a skipped step. The check costs a scalar test a step (sums of the
-      gradient and of the new parameters; a step that is skipped computes no update); an update that overflows the
-      parameters stops the chunk, which ``fit`` then recomputes from its start up to that step (see ``_make_chunk``).
+    * A step is skipped — parameters and optimizer state kept — when its estimate is non-finite or its update would
+      put a non-finite number in the parameters or the optimizer state (a non-finite gradient does, through any
+      optimizer that uses it; one that discards it, e.g. ``optax.chain(optax.zero_nans(), ...)``, makes the step a
+      finite one); ``FitResult.num_skipped`` counts them and ``FitResult.skipped`` says which. ``values`` keeps the
+      (non-finite) estimate of a skipped step. The check costs a scalar test a step and one pass over parameters and
+      state per chunk; a chunk that meets a non-finite number is rerun from its start by a second, guarded program
+      that checks every step (compiled the first time it is needed; see ``ppl.workflow.fit_chunk``).
     * The optimizer is not saved in a checkpoint, only its state: resuming with a different learning rate continues
       with the new one; a different optimizer *structure*, other parameters or another key is an error (delete the
       checkpoint directory to start over). A checkpoint past ``num_steps`` is an error too.
@@ -73,12 +75,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..core.params import argument_names, fixed, parameter_mask, trained_summary
+from ..core.params import argument_names, parameter_mask, trained_summary
 from .checkpoints import _key_data, _load, _save, _signature
 from .fingerprint import Id as _Id
 from .fingerprint import cached
 from .fingerprint import fingerprint as _fingerprint
-from .sharding import Layout, check_data, make_layout, minibatch, processes_agree, processes_sync
+from .fit_chunk import Chunk, make_chunk
+from .sharding import Layout, check_data, make_layout, processes_agree, processes_sync
 
 CHECKPOINT_FILE = "fit_checkpoint.npz"
 _FORMAT = 1
@@ -229,110 +232,6 @@ class FitResult:
 # ---------------------------------------------------------------------------------------------- the step
 
 
-def _value_and_grads(objective: Any, key: Any, *args: Any) -> tuple[Any, tuple[Any, ...]]:
-    """Gradients in the structure of ``args`` (an ``Expectation``'s own form; else ``value_and_grad_estimate``'s)."""
-    if hasattr(objective, "value_and_grads"):
-        return objective.value_and_grads(key, *args)
-    value, grads = objective.value_and_grad_estimate(key, *args)
-    return value, ((grads,) if len(args) == 1 else grads)
-
-
-def _finite_sum(tree: Any) -> jax.Array:
-    """Whether every element of every leaf of ``tree`` is finite, as one scalar: the sum of the leaves' sums (at
-    least float32) is finite — a NaN or an infinity propagates through a sum. One plain sum per leaf, the cheapest
-    reduction on CPU (``jnp.all(jnp.isfinite(x))`` is several times slower). A sum of finite entries overflows only
-    past 3.4e38, i.e. for entries around 1e32 and up, which then count as non-finite."""
-    sums = [jnp.sum(x, dtype=jnp.promote_types(x.dtype, jnp.float32)) for x in jax.tree_util.tree_leaves(tree)]
-    return jnp.isfinite(sum(sums, jnp.float32(0.0)))
-
-
-def _make_chunk(
-    objective: Any,
-    part: Partition,
-    optimizer: Any,
-    num_particles: int,
-    layout: Layout | None,
-    with_data: bool,
-    batch_size: int | None,
-    size: int,
-) -> Callable:
-    """The jitted chunk ``fit_chunk(params, opt_state, frozen, key, start, num, data)``: steps ``start .. start + num -
-    1`` (``num <= size`` is a dynamic argument: one program for every chunk length) in a ``lax.while_loop``. Returns
-    ``((params, opt_state), (values, skipped, done, overflow))``: ``values`` and ``skipped`` have length ``size``
-    (entries from ``done`` on unused); ``overflow``: the update of step ``start + done - 1`` made a parameter
-    non-finite and the loop stopped there (``fit`` redoes the chunk up to that step and skips it; see below).
-
-    The NaN guard costs two scalar checks a step, no pass that writes memory: a step is *skipped* (its update not
-    computed: ``lax.cond``) when the estimate or the sum of the gradient is non-finite, or when the parameters are
-    already non-finite. Otherwise the optimizer updates parameters and state in place, as in a hand-written loop, and
-    the sum of the new parameters is checked; an update that overflows a parameter (finite value and gradient, a
-    learning rate that is far too large) stops the loop, which is rare: ``fit`` then recomputes the chunk up to that
-    step from its start (same program, same keys: the same numbers) and marks the step skipped. Selecting between new
-    and old parameters and state with ``jnp.where`` instead (as optax's ``apply_if_finite`` does) keeps both alive:
-    XLA copies parameters and state every step — the former guard, built that way with ``jnp.all(jnp.isfinite(.))``
-    checks, took 1.3-1.4× the time of a plain step of the VAE of bench/fit.py at batch 64; the checks above ~1.03×."""
-    extra = isinstance(optimizer, optax.GradientTransformationExtraArgs)
-    pin = (lambda x: x) if layout is None else (lambda x: layout.constrain(x, layout.particles))  # noqa: E731
-    value_dtype = jnp.result_type(float)  # float32, or float64 under jax_enable_x64
-
-    def estimate(k, params, frozen, batch):
-        args = part.merge(params, frozen)
-        if with_data:  # the minibatch is the objective's extra argument, fixed (never differentiated)
-            value, grads = _value_and_grads(objective, k, *args, fixed(batch))
-            grads = grads[:-1]
-        else:
-            value, grads = _value_and_grads(objective, k, *args)
-        pairs = zip(part.train_leaves(grads), part.train_leaves(params), strict=True)
-        g = [jnp.zeros_like(p) if x is None else x for x, p in pairs]
-        return value, part.tree(g)
-
-    def one_step(params, opt_state, finite, step, key, frozen, data):
-        """``(params, opt_state, finite, value, skipped, overflow)`` after step ``step``; ``finite``: whether the
-        parameters are finite (carried: checked once per update)."""
-        k = jax.random.fold_in(key, step)
-        batch = minibatch(k, data, batch_size, layout) if with_data else None
-        if num_particles == 1:
-            value, grads = estimate(k, params, frozen, batch)
-        else:
-            keys = pin(jax.random.split(k, num_particles))
-            vs, gs = pin(jax.vmap(estimate, (0, None, None, None))(keys, params, frozen, batch))
-            value, grads = jnp.mean(vs, 0), jax.tree_util.tree_map(lambda g: jnp.mean(g, 0), gs)
-        kw = {"value": -value} if extra else {}
-
-        def update(params, opt_state, grads):  # negated inside the branch: XLA fuses it into the update
-            neg = jax.tree_util.tree_map(jnp.negative, grads)
-            updates, new_state = optimizer.update(neg, opt_state, params, **kw)
-            new_params = optax.apply_updates(params, updates)
-            return new_params, new_state, _finite_sum(new_params)
-
-        ok = finite & jnp.isfinite(value) & _finite_sum(grads)
-        keep = lambda p, s, g: (p, s, finite)  # noqa: E731
-        params, opt_state, new_finite = jax.lax.cond(ok, update, keep, params, opt_state, grads)
-        overflow = ok & ~new_finite
-        return params, opt_state, new_finite, value, ~ok | overflow, overflow
-
-    def fit_chunk(params, opt_state, frozen, key, start, num, data):
-        def body(carry):
-            i, params, opt_state, finite, values, skipped, _ = carry
-            params, opt_state, finite, value, skip, overflow = one_step(
-                params, opt_state, finite, start + i, key, frozen, data
-            )
-            values, skipped = values.at[i].set(value.astype(value_dtype)), skipped.at[i].set(skip)
-            return i + 1, params, opt_state, finite, values, skipped, overflow
-
-        values, skipped = jnp.full(size, jnp.nan, value_dtype), jnp.zeros(size, bool)
-        init = (jnp.int32(0), params, opt_state, _finite_sum(params), values, skipped, jnp.array(False))
-        carry = jax.lax.while_loop(lambda c: (c[0] < num) & ~c[-1], body, init)
-        done, params, opt_state, _, values, skipped, overflow = carry
-        return (params, opt_state), (values, skipped, done, overflow)
-
-    if layout is None:
-        return jax.jit(fit_chunk)
-    rep = layout.replicated
-    data_sharding = layout.data if batch_size is None else rep  # minibatches gather from a replicated data set
-    return jax.jit(fit_chunk, in_shardings=(rep,) * 6 + (data_sharding,), out_shardings=rep)
-
-
 # ---------------------------------------------------------------------------------------------- compiled programs
 
 _PROGRAMS: collections.OrderedDict[Any, Callable] = collections.OrderedDict()
@@ -367,15 +266,16 @@ def _chunk_program(
     with_data: bool,
     batch_size: int | None,
     size: int,
-) -> Callable:
+) -> Chunk:
     """The jitted chunk, from the cache when an earlier call had the same objective (the same object), an
     equivalent optimizer (:func:`_fingerprint`), the same static arguments, trained/frozen positions, particles,
     devices, data and chunk size; ``jax.jit``'s own cache then reuses the compiled program for the same shapes."""
     static = tuple((i, _fingerprint(part.leaves[i])) for i in part.static)
     key = (_Id(objective), _fingerprint(optimizer), part.treedef, part.train, part.frozen, static, num_particles,
            layout, with_data, batch_size, size, str(jnp.result_type(float)))  # fmt: skip
-    def make() -> Callable:
-        return _make_chunk(objective, part.skeleton(), optimizer, num_particles, layout, with_data, batch_size, size)
+
+    def make() -> Chunk:
+        return make_chunk(objective, part.skeleton(), optimizer, num_particles, layout, with_data, batch_size, size)
 
     return cached(_PROGRAMS, key, make, PROGRAM_CACHE_SIZE)
 
@@ -394,7 +294,7 @@ class _Setup:
     key: jax.Array
     data: Any
     layout: Layout | None
-    chunk: Callable
+    chunk: Chunk
     meta: dict[str, Any]
 
 
@@ -446,23 +346,15 @@ def _setup(
 
 
 def _run_chunk(st: _Setup, params, opt_state, step: int, end: int, values: np.ndarray, skipped: np.ndarray):
-    """Steps ``step .. end - 1`` (values and skipped written in place): ``(params, opt_state, next step)``. When the
-    update of a step made a parameter non-finite (the chunk stops there), the steps before it are recomputed from the
-    chunk's start — the same program and keys, hence the same numbers — and that step is skipped."""
-    num = end - step
-    (new_params, new_state), (v, s, done, overflow) = st.chunk(
-        params, opt_state, st.frozen, st.key, jnp.int32(step), jnp.int32(num), st.data
-    )
-    done = int(done)
-    values[step : step + done], skipped[step : step + done] = np.asarray(v)[:done], np.asarray(s)[:done]
-    if not bool(overflow):
-        return new_params, new_state, step + done
-    before = done - 1  # steps that ran normally before the one whose update overflowed
-    if before:
-        (params, opt_state), _ = st.chunk(
-            params, opt_state, st.frozen, st.key, jnp.int32(step), jnp.int32(before), st.data
-        )
-    return params, opt_state, step + done
+    """Steps ``step .. end - 1``, values and skipped written in place: ``(params, opt_state)``. The fast program runs
+    them; when it reports a non-finite number, the guarded one reruns them from the same state and keys."""
+    args = (params, opt_state, st.frozen, st.key, jnp.int32(step), jnp.int32(end - step), st.data)
+    (new_params, new_state), (v, ok) = st.chunk.fast(*args)
+    s = np.zeros(end - step, bool)
+    if not bool(ok):
+        (new_params, new_state), (v, s) = st.chunk.guarded(*args)
+    values[step:end], skipped[step:end] = np.asarray(v)[: end - step], np.asarray(s)[: end - step]
+    return new_params, new_state
 
 
 def fit(
@@ -544,8 +436,8 @@ def fit(
     try:
         while step < num_steps:
             end = min((step // chunk_size + 1) * chunk_size, num_steps)
-            while step < end:  # one pass, unless an update overflowed the parameters
-                params, opt_state, step = _run_chunk(st, params, opt_state, step, end, values, skipped)
+            params, opt_state = _run_chunk(st, params, opt_state, step, end, values, skipped)
+            step = end
             if path is not None and writer:
                 _save(path, {**meta, "step": step}, params, opt_state, values[:step], skipped[:step])
             if bar is not None:
@@ -592,7 +484,7 @@ def lower_fit(
     (``ppl.workflow.sharding.collectives``)."""
     args_t = as_args(args)[0]
     st = _setup(objective, args_t, optimizer, key, num_particles, trainable, devices, data, batch_size, chunk_size)
-    return st.chunk.lower(st.params, st.opt_state, st.frozen, st.key, jnp.int32(0), jnp.int32(chunk_size), st.data)
+    return st.chunk.fast.lower(st.params, st.opt_state, st.frozen, st.key, jnp.int32(0), jnp.int32(chunk_size), st.data)
 
 
 def _progress(total: int, initial: int, desc: str, quiet: bool) -> Any:
