@@ -49,9 +49,9 @@ Sharp edges:
       put a non-finite number in the parameters or the optimizer state (a non-finite gradient does, through any
       optimizer that uses it; one that discards it, e.g. ``optax.chain(optax.zero_nans(), ...)``, makes the step a
       finite one); ``FitResult.num_skipped`` counts them and ``FitResult.skipped`` says which. ``values`` keeps the
-      (non-finite) estimate of a skipped step. The check costs a scalar test a step and one pass over parameters and
-      state per chunk; a chunk that meets a non-finite number is rerun from its start by a second, guarded program
-      that checks every step (compiled the first time it is needed; see ``ppl.workflow.fit_chunk``).
+      (non-finite) estimate of a skipped step. The check costs nothing per step: one pass over the estimates, the
+      parameters and the state per chunk; a chunk that meets a non-finite number is rerun from its start by a
+      second, guarded program that checks every step (compiled the first time it is needed; ``fit_chunk``).
     * The optimizer is not saved in a checkpoint, only its state: resuming with a different learning rate continues
       with the new one; a different optimizer *structure*, other parameters or another key is an error (delete the
       checkpoint directory to start over). A checkpoint past ``num_steps`` is an error too.
