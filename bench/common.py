@@ -32,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py` from a checkout
 
 import jax  # noqa: E402
+from mdtable import table  # noqa: E402, F401 - common.table, as every script calls it
 
 from ppl._jax_internals import ClosedJaxpr, subjaxprs  # noqa: E402
 
@@ -257,13 +258,44 @@ def fmt_time(s: float) -> str:
     return f"{s * 1e6:.1f} µs"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(cells[0]), sep, *map(line, cells[1:])])
-
-
 def ratio(x: float, base: float) -> str:
     return f"{x / base:.3f}×"
+
+
+# ---------------------------------------------------------------------------------------------- goals
+
+
+@dataclass
+class Goal:
+    """A ratio goal and what this run measured: ``values`` maps a label (``"batch 64"``) to a ratio; the goal is met
+    when every value is at most ``target`` (or at least, with ``at_least``)."""
+
+    what: str
+    target: float
+    values: dict[str, float]
+    at_least: bool = False
+
+    def met(self, v: float) -> bool:
+        return v >= self.target if self.at_least else v <= self.target
+
+    def row(self) -> list[str]:
+        vals = list(self.values.items())
+        if not vals:
+            return [self.what, ("≥ " if self.at_least else "≤ ") + f"{self.target:g}×", "not measured", "—"]
+        if len(vals) <= 4:
+            measured = " / ".join(f"{v:.3f}×" for _, v in vals) + f" ({' / '.join(k for k, _ in vals)})"
+        else:
+            lo, hi = min(v for _, v in vals), max(v for _, v in vals)
+            measured = f"{lo:.3f}–{hi:.3f}× ({len(vals)} rows: {vals[0][0]} … {vals[-1][0]})"
+        misses = [f"{k} ({v:.3f}×)" for k, v in vals if not self.met(v)]
+        verdict = "**met**" if not misses else "**missed** at " + ", ".join(misses)
+        return [self.what, ("≥ " if self.at_least else "≤ ") + f"{self.target:g}×", measured, verdict]
+
+
+def print_goals(goals: Sequence[Goal], note: str = "") -> None:
+    """The ``## Goals`` section: each goal, the ratios this run measured and the verdict, computed — the summary
+    table at the top of docs/benchmarks.md is assembled from these sections (``bench/regenerate.py``)."""
+    print("\n## Goals\n")
+    print(table(["goal", "target", "measured (this run)", "verdict"], [g.row() for g in goals]))
+    if note:
+        print(f"\n{note}")

@@ -184,7 +184,7 @@ def fit_rows(batches, reps, num_steps):
         data = vae.binarize(k_bin, jnp.asarray(images))
         rows = []
         for n in batches:
-            step_rows, _ = fit.measure(n, data[:n], params, num_steps, reps, key)
+            step_rows = fit.measure(n, data[:n], params, num_steps, reps, key)[0]
             by = {r[1]: r for r in step_rows}
             chunk, hand = by["ppl.fit (chunk)"], by["hand JAX scan"]
             rows.append([f"ppl.fit (compiled chunk of {num_steps} steps), per step", n, chunk[2], hand[2], "—",

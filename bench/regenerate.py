@@ -14,6 +14,11 @@ mode, the machine (CPU model, cores), the versions (python, jax, jaxlib, numpyro
 and the end of the run. Prose outside the markers is not touched (it is written by hand; keep its numbers in step
 with the tables).
 
+The ``summary:goals`` region is not a script's: after every write it is rebuilt from the doc's ``<job>:goals``
+regions (each script's ``## Goals`` section: the ratio a goal asks for, the ratios of that run, met or missed,
+computed by ``common.print_goals``), each row with the date of its run, so the verdicts at the top of the doc are
+never retyped.
+
 ``JOBS`` maps each script to its regions. A script that fails leaves its regions as they were (the others are still
 written; the exit status is 1). ``bench/genjax_compare.py`` needs the GenJAX venv ``.venv-genjax``: without it the
 job is skipped with a message and its tables keep their date. ``bench/fit.py`` is run when it exists.
@@ -40,6 +45,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mdtable import table
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -74,10 +81,12 @@ JOBS: dict[str, Job] = {
         "vae:step": r"Step \(",
         "vae:size": r"Program size",
         "vae:compile": r"Compile cost",
+        "vae:goals": r"Goals$",
     }),
     "scaling": Job("bench/scaling.py", {
         "scaling:sites": r"Sites in a scan",
         "scaling:enum": r"k enumerated Bernoulli sites",
+        "scaling:goals": r"Goals$",
     }),
     "discrete": Job("bench/discrete.py", {
         "discrete:step": r"Gradient step: time",
@@ -95,6 +104,7 @@ JOBS: dict[str, Job] = {
     "fit": Job("bench/fit.py", {
         "fit:step": r"Time per step",
         "fit:compile": r"Compile cost",
+        "fit:goals": r"Goals$",
     }, optional=True),
     "genjax": Job("bench/genjax_compare.py", {
         "genjax:step": r"Gradient step: ppl vs GenJAX",
@@ -191,8 +201,37 @@ def write_regions(doc: str, contents: dict[str, str]) -> str:
     return "".join(out)
 
 
+SUMMARY = "summary:goals"  # assembled from the ``*:goals`` regions of the doc, never from one run
+_WHEN = re.compile(r"`, (\d{4}-\d\d-\d\d \d\d:\d\d [^,]+), ")
+
+
+def summary(doc: str) -> str:
+    """The summary table: every row of every ``<job>:goals`` region of ``doc`` (as last regenerated, each with the
+    date of its run), so the verdicts at the top of the doc are the scripts' own, never retyped."""
+    spans, rows = regions(doc), []
+    for rid, (start, end) in sorted(spans.items(), key=lambda kv: kv[1][0]):
+        if not rid.endswith(":goals") or rid == SUMMARY:
+            continue
+        text = doc[start:end]
+        when = _WHEN.search(text)
+        table_lines = [ln for ln in text.splitlines() if ln.startswith("| ")][1:]  # less the header
+        for ln in table_lines:
+            cells = [c.strip() for c in ln.strip("|").split("|")]
+            rows.append([*cells, f"`{rid.split(':')[0]}`, {when[1] if when else 'date unknown'}"])
+    if not rows:
+        return "No goals section has been generated yet (run `make bench`)."
+    return (
+        "**Every goal, as the scripts computed it** (assembled by `bench/regenerate.py` from the `## Goals` "
+        "section of each script's last run; the date is that run's)\n\n"
+        + table(["goal", "target", "measured", "verdict", "run"], rows)
+    )
+
+
 def update_doc(contents: dict[str, str], path: Path = DOC) -> None:
-    path.write_text(write_regions(path.read_text(), contents))
+    doc = write_regions(path.read_text(), contents)
+    if SUMMARY in regions(doc):
+        doc = write_regions(doc, {SUMMARY: summary(doc)})
+    path.write_text(doc)
 
 
 def region_contents(job: Job, output: str, command: str, when: str, wall_s: float | None,
@@ -219,7 +258,7 @@ def check(doc: str) -> list[str]:
         return [str(e)]
     known = {r for job in JOBS.values() for r in job.regions}
     problems += [f"docs/benchmarks.md has a marker bench:{r} that no job writes" for r in spans
-                 if r not in known and not r.startswith("gpu:")]
+                 if r not in known and not r.startswith("gpu:") and r != SUMMARY]
     problems += [f"job region {r} has no markers in docs/benchmarks.md" for r in sorted(known) if r not in spans]
     return problems
 

@@ -242,6 +242,18 @@ def row(kind, size, ppl_m, hand_m, extra=()):
     ]
 
 
+def note_goals(goals, kind, size, cells):
+    """Record a table row's ratios for the goals: run time by structure, trace + lower (+ compile) overall."""
+    total = cells[8]
+    value = float(total.split("×")[0])
+    if total.endswith("(trace+lower)"):
+        goals["1000"][f"{kind} {size}"] = value
+    else:
+        goals["total"][f"{kind} {size}"] = value
+    if cells[-1] != "—":
+        goals[f"{kind} run"][f"{'T' if kind != 'enum' else 'k'} = {size}"] = float(cells[-1].rstrip("×"))
+
+
 def run_cells(pb, hb, reps):
     """Steady-state time per call of the two compiled estimators (interleaved) and their ratio."""
     if pb is None or hb is None:
@@ -268,6 +280,7 @@ def main(argv=None) -> None:
            "hand lower+compile", "ppl/hand total"]
 
     rows = []
+    goals = {"scan run": {}, "straight run": {}, "enum run": {}, "total": {}, "1000": {}}
     for kind, sizes, mk_ppl, mk_hand in (
         ("scan", scan_ts, ppl_scan, hand_scan),
         ("straight", straight_ts, ppl_straight, hand_straight),
@@ -286,6 +299,7 @@ def main(argv=None) -> None:
                 (vp, _), (vh, _) = pm[0](), hm[0]()
                 assert np.isfinite(float(vp)) and np.isfinite(float(vh)), (kind, T, vp, vh)
             rows.append(row(kind, T, pm, hm, extra=run_cells(pm[0], hm[0], reps)))
+            note_goals(goals, kind, T, rows[-1])
             common.progress(f"{kind} T={T} done: " + " | ".join(map(str, rows[-1][2:])))
     print("\n## Sites in a scan and in straight-line code (ppl.elbo, value and gradient)\n")
     print(common.table([*hdr, "ppl run", "hand run", "ppl/hand run"], rows))
@@ -307,6 +321,7 @@ def main(argv=None) -> None:
         np.testing.assert_allclose(pb()[1], exact, rtol=2e-3, atol=2e-4)
         np.testing.assert_allclose(hb()[1], exact, rtol=2e-3, atol=2e-4)
         rows.append(row("enum", k, pm, hm, extra=(2**k, *run_cells(pb, hb, reps))))
+        note_goals(goals, "enum", k, rows[-1])
         common.progress(f"enum k={k} done")
     print("\n## k enumerated Bernoulli sites (exact ELBO gradient; checked against brute force)\n")
     print(common.table([*hdr, "2^k", "ppl run", "hand run", "ppl/hand run"], rows))
@@ -314,6 +329,14 @@ def main(argv=None) -> None:
           "checked against brute-force enumeration of the 2^k grid. Goals: scan program size flat in T; "
           "straight-line and enum program size linear; ppl trace + lower + compile ≤ 2× hand-coded; run time "
           "≤ 1.05× hand-coded.")
+    common.print_goals([
+        common.Goal("scaling: scan run time vs hand-coded (issue #13)", 1.05, goals["scan run"]),
+        common.Goal("scaling: trace + lower at 1,000 straight-line sites vs hand-coded (issue #13)", 1.5,
+                    goals["1000"]),
+        common.Goal("scaling: trace + lower + compile vs hand-coded", 2.0, goals["total"]),
+        common.Goal("scaling: straight-line run time vs hand-coded", 1.05, goals["straight run"]),
+        common.Goal("scaling: enum run time vs hand-coded", 1.05, goals["enum run"]),
+    ], "Ratios from the two tables above (run: medians of interleaved calls; compile: as in the tables).")
     common.print_load()
 
 

@@ -249,6 +249,7 @@ def main(argv=None) -> None:
     params = {"dec": dec, "enc": enc}
 
     grad_rows, step_rows, size_rows, compile_rows = [], [], [], []
+    vs_hand, vs_numpyro, step_vs_hand = {}, {}, {}  # ppl.elbo's ratios of medians, per batch (the goals)
     for n in batches:
         x = data[:n]
         grads = {**ppl_systems(x), "hand JAX": hand_grad}
@@ -266,6 +267,8 @@ def main(argv=None) -> None:
         t = common.interleaved(compiled, reps)
         base = t["hand JAX"]
         npy = t["numpyro Trace_ELBO"]
+        vs_hand[f"batch {n}"] = t["ppl.elbo"].median / base.median
+        vs_numpyro[f"batch {n}"] = t["ppl.elbo"].median / npy.median
         for c in compiled:
             tc = t[c.name]
             grad_rows.append([n, c.name, common.fmt_time(tc.median), common.fmt_time(tc.min),
@@ -287,6 +290,7 @@ def main(argv=None) -> None:
         steps["numpyro SVI.update"] = common.compile_timed("numpyro SVI.update", svi.update, state, x)
         t = common.interleaved(list(steps.values()), reps)
         base, npy = t["hand JAX"], t["numpyro SVI.update"]
+        step_vs_hand[f"batch {n}"] = t["ppl.elbo"].median / base.median
         for name in steps:
             tc = t[name]
             step_rows.append([n, name, common.fmt_time(tc.median), common.fmt_time(tc.min),
@@ -312,6 +316,11 @@ def main(argv=None) -> None:
     print(common.table(["batch", "system", "trace + lower", "XLA compile"], compile_rows))
     print("\nOne build each (the first system to stage the model and guide pays for it; the others find it "
           "cached).")
+    common.print_goals([
+        common.Goal("VAE: ppl.elbo gradient vs hand-coded JAX", 1.05, vs_hand),
+        common.Goal("VAE: ppl.elbo gradient vs NumPyro Trace_ELBO", 1.00, vs_numpyro),
+        common.Goal("VAE: training step (gradient + Adam) vs hand-coded JAX", 1.05, step_vs_hand),
+    ], "Ratios of medians of interleaved calls, measured in this run (tables above).")
     common.print_load()
 
 

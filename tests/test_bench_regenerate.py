@@ -79,3 +79,24 @@ def test_unbalanced_markers_and_missing_sections_are_reported():
     job = regenerate.Job("bench/vae.py", {"vae:size": r"Program size"})
     contents, problems = regenerate.region_contents(job, OUTPUT, "cmd", "now", None, "make bench")
     assert contents == {} and "vae:size: 0 sections match" in problems[0]
+
+
+def test_the_summary_is_assembled_from_the_goals_sections():
+    """The verdicts at the top of the doc are the scripts' own (``## Goals``), each with its run's date."""
+    regenerate, common = bench_module("regenerate"), bench_module("common")
+    goals = [common.Goal("fit chunk", 1.05, {"batch 64": 1.011, "batch 256": 1.07}),
+             common.Goal("speed-up", 5.0, {"N = 100": 7.9}, at_least=True)]
+    assert goals[0].row()[3] == "**missed** at batch 256 (1.070×)" and goals[1].row()[3] == "**met**"
+    assert goals[0].row()[2] == "1.011× / 1.070× (batch 64 / batch 256)"
+    output = OUTPUT.replace("load average at the end", "## Goals\n\n" + common.table(
+        ["goal", "target", "measured (this run)", "verdict"], [g.row() for g in goals]) + "\nload average at the end")
+    job = regenerate.Job("bench/fit.py", {"fit:goals": r"Goals$"})
+    contents, problems = regenerate.region_contents(job, output, "python bench/fit.py", "2026-12-01 03:00 UTC", 60.0,
+                                                    "make bench")
+    assert not problems
+    doc = ("<!-- bench:summary:goals begin -->\n<!-- bench:summary:goals end -->\n"
+           "<!-- bench:fit:goals begin -->\n<!-- bench:fit:goals end -->\n")
+    doc = regenerate.write_regions(doc, contents)
+    table = regenerate.summary(doc)
+    assert "| fit chunk " in table and "**missed** at batch 256 (1.070×)" in table and "| speed-up " in table
+    assert table.count("`fit`, 2026-12-01 03:00 UTC") == 2
