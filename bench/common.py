@@ -282,12 +282,13 @@ class Goal:
         vals = list(self.values.items())
         if not vals:
             return [self.what, ("≥ " if self.at_least else "≤ ") + f"{self.target:g}×", "not measured", "—"]
+        fmt = lambda v: "exact" if v == float("inf") else f"{v:.3f}×"  # noqa: E731 - inf: zero variance
         if len(vals) <= 4:
-            measured = " / ".join(f"{v:.3f}×" for _, v in vals) + f" ({' / '.join(k for k, _ in vals)})"
+            measured = " / ".join(fmt(v) for _, v in vals) + f" ({' / '.join(k for k, _ in vals)})"
         else:
             lo, hi = min(v for _, v in vals), max(v for _, v in vals)
-            measured = f"{lo:.3f}–{hi:.3f}× ({len(vals)} rows: {vals[0][0]} … {vals[-1][0]})"
-        misses = [f"{k} ({v:.3f}×)" for k, v in vals if not self.met(v)]
+            measured = f"{fmt(lo)}–{fmt(hi)} ({len(vals)} rows: {vals[0][0]} … {vals[-1][0]})"
+        misses = [f"{k} ({fmt(v)})" for k, v in vals if not self.met(v)]
         verdict = "**met**" if not misses else "**missed** at " + ", ".join(misses)
         return [self.what, ("≥ " if self.at_least else "≤ ") + f"{self.target:g}×", measured, verdict]
 

@@ -92,6 +92,7 @@ JOBS: dict[str, Job] = {
         "discrete:step": r"Gradient step: time",
         "discrete:efficiency": r"Speed-up over TraceGraph_ELBO",
         "discrete:support": r"What a user hits",
+        "discrete:goals": r"Goals$",
         "discrete:plated-step": r"Plated mixture, N = [\d,]+ points",
         "discrete:plated-variance": r"Plated mixture, N = [\d,]+: gradient variance",
         "discrete:plated-fits": r"Plated mixture, N = [\d,]+: Adam fits",
