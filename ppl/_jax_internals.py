@@ -164,7 +164,7 @@ def bind_eqn(eqn: JaxprEqn, invals: Sequence[Any]) -> list[Any]:
     subfuns, bind_params = res if isinstance(res, tuple) else ((), res)  # JAX < 0.9 returned (subfuns, params)
     with eqn.ctx.manager:
         fn = None
-        if not subfuns and prim in _JVPS and prim not in _LINEARIZATIONS:
+        if not subfuns and not eqn.effects and prim in _JVPS and prim not in _LINEARIZATIONS:
             if any(isinstance(x, _LINEARIZE_TRACER) for x in invals):
                 fn = _linearized(prim, bind_params)
         out = prim.bind(*invals, **bind_params) if fn is None else fn(*invals)
