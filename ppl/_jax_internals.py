@@ -173,7 +173,7 @@ def bind_eqn(eqn: JaxprEqn, invals: Sequence[Any]) -> list[Any]:
 
 def _linearized(prim: Primitive, params: dict[str, Any]) -> Callable[..., Any] | None:
     """``prim.bind(*args, **params)`` as an inlined ``jax.jit`` kept per primitive and parameters; ``None`` when
-    the parameters are not hashable or this JAX does not inline such calls when tracing.
+    the parameters are not hashable or this JAX does not inline such calls while tracing.
 
     Why: JAX linearizes a primitive that has only a JVP rule by tracing that rule and partially evaluating it, anew
     at every equation (~0.5 ms each); a jitted function is linearized once per jaxpr (cached), which is how
@@ -192,10 +192,10 @@ def _linearized(prim: Primitive, params: dict[str, Any]) -> Callable[..., Any] |
 
 @functools.cache
 def _inline_jit_is_inlined() -> bool:
-    """Whether ``jax.jit(f, inline=True)`` leaves ``f``'s equations in the jaxpr it is traced into (JAX 0.10). JAX
-    0.12 keeps the call and inlines it at lowering (``Inline.JAX_LATE``): the jaxpr then grows by one equation per
-    wrapper and tracing is no faster, so :func:`_linearized` stays out of the way."""
-    jaxpr = jax.make_jaxpr(jax.jit(lambda x: x + 1.0, inline=True))(1.0).jaxpr
+    """Whether ``jax.jit(f, inline=_INLINE_EARLY)`` leaves ``f``'s equations in the jaxpr it is traced into. Where it
+    would keep the call (inlined only at lowering) the jaxpr would grow by one equation per wrapper and tracing would
+    be no faster, so :func:`_linearized` stays out of the way."""
+    jaxpr = jax.make_jaxpr(jax.jit(lambda x: x + 1.0, inline=_INLINE_EARLY))(1.0).jaxpr
     return [str(e.primitive) for e in jaxpr.eqns] == ["add"]
 
 
@@ -203,7 +203,12 @@ def _inline_jit_is_inlined() -> bool:
 def _linearized_cached(key: tuple[Primitive, tuple[tuple[str, Any], ...]]) -> Callable[..., Any]:
     prim, items = key
     params = dict(items)
-    return jax.jit(lambda *args: prim.bind(*args, **params), inline=True)
+    return jax.jit(lambda *args: prim.bind(*args, **params), inline=_INLINE_EARLY)
+
+
+# how ``jax.numpy`` asks for a call inlined while tracing: ``inline=True`` until JAX 0.11, ``jax.Inline.JAX_EARLY``
+# since (where ``inline=True`` means inlining at lowering, ``JAX_LATE``)
+_INLINE_EARLY: Any = getattr(getattr(jax, "Inline", None), "JAX_EARLY", True)
 
 
 def closed(j: Jaxpr | ClosedJaxpr) -> ClosedJaxpr:
